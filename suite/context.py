@@ -1,0 +1,40 @@
+"""What a scenario's steps receive: its parameters, the budget, and the harness's clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from suite import stats, timing
+from suite.profiles import Budget
+from suite.schema import Metric
+
+
+@dataclass
+class RunContext:
+    params: dict[str, Any]
+    budget: Budget
+    profile: str
+    seed: int
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> str:
+        return str(self.params.get("device", "cpu"))
+
+    def time_steps(self, fn: Callable[[], Any], *, items_per_call: int, item_unit: str = "samples",
+                   prefix: str = "") -> tuple[list[Metric], list[float]]:
+        """Time fn under the budget: step time and throughput metrics, plus raw times."""
+        timed = timing.time_calls(fn, self.budget, self.device)
+        self.provenance[f"{prefix}warmup"] = {"calls": timed.warmup_calls, "seconds": timed.warmup_s}
+        step = stats.summarize(f"{prefix}step_time", "s", False, timed.times,
+                               clock=timed.clock, overhead=timed.overhead)
+        rate = stats.throughput(f"{prefix}throughput", f"{item_unit}/s", items_per_call,
+                                timed.times, clock=timed.clock)
+        return [step, rate], timed.times
+
+    def cold(self, name: str, fn: Callable[[], Any]) -> tuple[Metric, Any]:
+        """A cold-start cost as its own metric, never mixed into steady state."""
+        seconds, result = timing.time_once(fn, self.device)
+        return stats.scalar(name, "s", False, seconds, kind="cold"), result

@@ -1,0 +1,151 @@
+"""Scenario registry: a decorator registers, `get()`/`scenarios()` hand out copies.
+
+A scenario is a class with `setup`, `measure` (the timed part) and `check` (conformance).
+It declares an id `<family>.<technique>[.<variant>]`, a parameter grid (the `full`
+profile), per-profile overrides of that grid, and its requirements. The harness finds
+scenario modules by walking packages for modules named `scenarios`; it never imports a
+technique by name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import itertools
+import pkgutil
+import re
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from suite.errors import SuiteError
+from suite.requirements import Requirement
+
+if TYPE_CHECKING:
+    from suite.context import RunContext
+    from suite.schema import Check, Metric
+
+ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,3}$")
+DEFAULT_PACKAGES = ("reference",)
+
+
+class Skip(Exception):
+    """Raised by a scenario that finds at run time it cannot run here (a server will not
+    start, say). Recorded as `skipped` with the message, not as `error`."""
+
+
+class Scenario:
+    id: ClassVar[str]
+    grid: ClassVar[dict[str, list[Any]]]
+    profiles: ClassVar[dict[str, dict[str, list[Any]]]]
+    requires: ClassVar[tuple[Requirement, ...]] = ()
+    timeout_s: ClassVar[float] = 600.0
+
+    def requirements(self, params: dict[str, Any]) -> list[Requirement]:
+        """Requirements for one point of the grid; override when they depend on params."""
+        return list(self.requires)
+
+    def setup(self, ctx: RunContext) -> None:
+        """Build models and data; not timed."""
+
+    def measure(self, ctx: RunContext) -> list[Metric]:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        """One call of the timed operation, after setup: what asv and pytest-benchmark time."""
+        raise NotImplementedError(f"{self.id} has no single timed step")
+
+    def check(self, ctx: RunContext) -> list[Check]:
+        return []
+
+    @classmethod
+    def param_grid(cls, profile: str) -> list[dict[str, Any]] | None:
+        """Every point of the grid for this profile, or None when not in that profile."""
+        if profile == "full":
+            axes = dict(cls.grid)
+        elif profile in cls.profiles:
+            axes = {**cls.grid, **cls.profiles[profile]}
+        else:
+            return None
+        names = sorted(axes)
+        return [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
+
+
+_REGISTRY: dict[str, type[Scenario]] = {}
+
+
+def scenario(
+    scenario_id: str,
+    *,
+    grid: dict[str, list[Any]],
+    profiles: dict[str, dict[str, list[Any]]],
+    requires: tuple[Requirement, ...] = (),
+    timeout_s: float = 600.0,
+) -> Callable[[type[Scenario]], type[Scenario]]:
+    """Register a Scenario subclass. Every scenario must have a `quick` profile."""
+    if not ID_PATTERN.match(scenario_id):
+        raise ValueError(f"scenario id {scenario_id!r} is not <family>.<technique>[.<variant>]")
+    if "quick" not in profiles:
+        raise ValueError(f"scenario {scenario_id} declares no quick profile")
+    for profile, overrides in profiles.items():
+        unknown = set(overrides) - set(grid)
+        if unknown:
+            raise ValueError(f"{scenario_id}: profile {profile} overrides unknown params {unknown}")
+
+    def register(cls: type[Scenario]) -> type[Scenario]:
+        if scenario_id in _REGISTRY and _REGISTRY[scenario_id].__qualname__ != cls.__qualname__:
+            raise ValueError(f"scenario id {scenario_id} registered twice")
+        cls.id = scenario_id
+        cls.grid = grid
+        cls.profiles = profiles
+        cls.requires = requires
+        cls.timeout_s = timeout_s
+        _REGISTRY[scenario_id] = cls
+        return cls
+
+    return register
+
+
+def discover(packages: tuple[str, ...] = DEFAULT_PACKAGES) -> None:
+    """Import every `<package>.<family>.scenarios` module so its decorators run."""
+    for package_name in packages:
+        package = importlib.import_module(package_name)
+        for info in pkgutil.walk_packages(package.__path__, prefix=f"{package_name}."):
+            if info.name.rsplit(".", 1)[-1] == "scenarios":
+                importlib.import_module(info.name)
+
+
+def scenarios() -> dict[str, type[Scenario]]:
+    """A copy of the registry: callers cannot register or remove by mutating it."""
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get(scenario_id: str) -> type[Scenario]:
+    try:
+        return _REGISTRY[scenario_id]
+    except KeyError:
+        raise SuiteError(f"no scenario {scenario_id!r}; `mlsuite list` shows them") from None
+
+
+def reset() -> dict[str, type[Scenario]]:
+    """Empty the registry (tests); returns what it held so it can be restored."""
+    held = dict(_REGISTRY)
+    _REGISTRY.clear()
+    return held
+
+
+def restore(held: dict[str, type[Scenario]]) -> None:
+    _REGISTRY.clear()
+    _REGISTRY.update(held)
+
+
+def select(pattern: str, profile: str) -> Iterator[tuple[type[Scenario], dict[str, Any]]]:
+    """Every (scenario, params) whose id matches the glob and that takes part in profile."""
+    matched = False
+    for scenario_id, cls in scenarios().items():
+        if not fnmatch.fnmatch(scenario_id, pattern):
+            continue
+        matched = True
+        for params in cls.param_grid(profile) or []:
+            yield cls, params
+    if not matched:
+        raise SuiteError(f"--only {pattern!r} matches no scenario; `mlsuite list` shows them")

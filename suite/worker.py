@@ -1,0 +1,104 @@
+"""Runs one scenario at one point of its grid, in a subprocess of its own.
+
+`python -m suite.worker JOB.json RESULT.json`. The parent owns the timeout and records a
+crash (no result file) as `error`; everything this process can catch it reports itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from suite import checks, registry
+from suite.context import RunContext
+from suite.profiles import Budget
+from suite.schema import Check, Metric, Status
+
+TIMER_OVERHEAD_LIMIT = 0.01  # the timer may add at most 1% to the smallest timed step
+
+
+def _pin_threads_and_seed(threads: int, seed: int) -> dict[str, Any]:
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass
+    settings: dict[str, Any] = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    try:
+        import torch
+    except ImportError:
+        return settings
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(threads)
+    settings.update(torch_intra_op=torch.get_num_threads(),
+                    torch_inter_op=torch.get_num_interop_threads())
+    return settings
+
+
+def timer_overhead_check(metrics: list[Metric]) -> Check | None:
+    """The harness checks its own clock on every record that has timed samples."""
+    timed = [m for m in metrics if m.overhead is not None and m.median > 0]
+    if not timed:
+        return None
+    smallest = min(timed, key=lambda m: m.median)
+    assert smallest.overhead is not None
+    return checks.at_most("harness.timer_overhead", smallest.overhead / smallest.median,
+                          TIMER_OVERHEAD_LIMIT, "median timed step",
+                          f"{smallest.overhead:.3g} s per sample vs {smallest.name} "
+                          f"median {smallest.median:.3g} s ({smallest.clock} clock)")
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    budget = Budget.model_validate(job["budget"])
+    threads = budget.threads or (os.cpu_count() or 1)
+    result: dict[str, Any] = {"metrics": [], "checks": [], "provenance": {}}
+    result["threads"] = _pin_threads_and_seed(threads, budget.seed)
+    registry.discover(tuple(job["packages"]))
+    cls = registry.get(job["scenario"])
+    ctx = RunContext(params=job["params"], budget=budget, profile=job["profile"], seed=budget.seed)
+    instance = cls()
+    metrics: list[Metric] = []
+    found: list[Check] = []
+    step = "setup"
+    try:
+        instance.setup(ctx)
+        step = "measure"
+        metrics = instance.measure(ctx)
+        step = "check"
+        found = instance.check(ctx)
+    except registry.Skip as exc:
+        result.update(status=Status.skipped.value, reason=str(exc))
+    except Exception as exc:  # noqa: BLE001 - a broken scenario is a result, not a crash
+        result.update(status=Status.error.value, reason=f"{step}: {type(exc).__name__}: {exc}")
+        ctx.provenance["traceback"] = traceback.format_exc(limit=8)
+    else:
+        overhead = timer_overhead_check(metrics)
+        found = found + ([overhead] if overhead else [])
+        failed = [c.name for c in found if not c.passed]
+        result.update(status=(Status.failed if failed else Status.ok).value,
+                      reason=f"checks failed: {', '.join(failed)}" if failed else "")
+    result["metrics"] = [m.model_dump() for m in metrics]
+    result["checks"] = [c.model_dump() for c in found]
+    result["provenance"] = ctx.provenance
+    return result
+
+
+def main(argv: list[str]) -> int:
+    job_path, result_path = Path(argv[0]), Path(argv[1])
+    result = run_job(json.loads(job_path.read_text()))
+    tmp = result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, default=str))
+    tmp.replace(result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
