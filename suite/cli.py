@@ -37,6 +37,8 @@ def build_parser() -> Parser:
     p.add_argument("--profile", default="quick", choices=["quick", "full", "gpu"])
     p.add_argument("--only", default="*", help="glob over scenario ids, e.g. 'train.*'")
     p.add_argument("--out", type=Path, default=Path("results"))
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="only grid points with this parameter value, e.g. model=mlp (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the newest file of this machine and profile")
     p.add_argument("--config", type=Path, default=None, help="TOML file with [profiles.<name>] budget overrides")
 
@@ -91,6 +93,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from suite.runner import run
 
     budget = load_budget(args.profile, args.config)
+    malformed = [w for w in args.where if "=" not in w]
+    if malformed:
+        raise SuiteError(f"--where takes KEY=VALUE, got {malformed[0]!r}")
+    where = dict(w.split("=", 1) for w in args.where)
     console = Console(stderr=True)
     status_line = console.status("starting")
     with status_line:
@@ -102,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.print(f"[{colour}]{record.status.value:>7}[/] {record.scenario} {record.params} "
                           f"{record.duration_s:.1f}s {record.reason[:160]}", markup=True, highlight=False)
 
-        path = run(args.only, args.profile, budget, args.out, resume=args.resume,
+        path = run(args.only, args.profile, budget, args.out, where=where, resume=args.resume,
                    packages=args.packages, on_start=on_start, on_record=on_record)
     print(path)
     return 0

@@ -26,7 +26,8 @@ MIN_TESTABLE = 5
 # step-time medians of the same commit moved by up to ~6% between runs.
 DEFAULT_THRESHOLD = 0.10
 
-SPEC_PATTERN = re.compile(r"^(?P<metric>[A-Za-z0-9_.*?\[\]-]+?)(?:\.(?P<stat>p50|p90|p95|p99|median|value))?"
+# NAME[.STAT]:(+|-)N% -- NAME is a glob over metric names (which never contain dots).
+SPEC_PATTERN = re.compile(r"^(?P<metric>[A-Za-z0-9_*?\[\]-]+)(?:\.(?P<stat>p50|p90|p95|p99|median|value))?"
                           r":(?P<sign>[+-])(?P<amount>\d+(?:\.\d+)?)%$")
 
 

@@ -14,6 +14,7 @@ import importlib
 import itertools
 import pkgutil
 import re
+import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -106,11 +107,19 @@ def scenario(
 
 
 def discover(packages: tuple[str, ...] = DEFAULT_PACKAGES) -> None:
-    """Import every `<package>.<family>.scenarios` module so its decorators run."""
+    """Import every `<package>.<family>.scenarios` module so its decorators run (again,
+    after a `reset()`: a module imported before is reloaded)."""
     for package_name in packages:
-        package = importlib.import_module(package_name)
+        try:
+            package = importlib.import_module(package_name)
+        except ImportError as exc:
+            raise SuiteError(f"cannot import scenario package {package_name!r}: {exc}") from None
         for info in pkgutil.walk_packages(package.__path__, prefix=f"{package_name}."):
-            if info.name.rsplit(".", 1)[-1] == "scenarios":
+            if info.name.rsplit(".", 1)[-1] != "scenarios":
+                continue
+            if info.name in sys.modules:
+                importlib.reload(sys.modules[info.name])
+            else:
                 importlib.import_module(info.name)
 
 
@@ -138,14 +147,17 @@ def restore(held: dict[str, type[Scenario]]) -> None:
     _REGISTRY.update(held)
 
 
-def select(pattern: str, profile: str) -> Iterator[tuple[type[Scenario], dict[str, Any]]]:
-    """Every (scenario, params) whose id matches the glob and that takes part in profile."""
+def select(pattern: str, profile: str, where: dict[str, str] | None = None
+           ) -> Iterator[tuple[type[Scenario], dict[str, Any]]]:
+    """Every (scenario, params) whose id matches the glob, that takes part in profile, and
+    whose params equal every `where` value (compared as text: `model=mlp`, `batch_size=64`)."""
     matched = False
     for scenario_id, cls in scenarios().items():
         if not fnmatch.fnmatch(scenario_id, pattern):
             continue
         matched = True
         for params in cls.param_grid(profile) or []:
-            yield cls, params
+            if all(str(params.get(key)) == value for key, value in (where or {}).items()):
+                yield cls, params
     if not matched:
         raise SuiteError(f"--only {pattern!r} matches no scenario; `mlsuite list` shows them")

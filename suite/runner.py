@@ -150,15 +150,16 @@ def latest_results(out_dir: Path, machine_id: str, profile: str) -> Path | None:
     return candidates[-1] if candidates else None
 
 
-def run(pattern: str, profile: str, budget: Budget, out_dir: Path, *, resume: bool = False,
+def run(pattern: str, profile: str, budget: Budget, out_dir: Path, *, where: dict[str, str] | None = None,
+        resume: bool = False,
         packages: tuple[str, ...] = registry.DEFAULT_PACKAGES,
         on_start: Callable[[str, int, int], None] | None = None,
         on_record: Callable[[Record], None] | None = None) -> Path:
     """Run every selected (scenario, params); returns the results file written."""
     registry.discover(packages)
-    jobs = list(registry.select(pattern, profile))
+    jobs = list(registry.select(pattern, profile, where))
     if not jobs:
-        raise SuiteError(f"no scenario matching {pattern!r} takes part in profile {profile!r}")
+        raise SuiteError(f"no scenario matching {pattern!r} with {where or {}} takes part in profile {profile!r}")
     env = fingerprint(budget.seed)
     header = RunHeader(run_id=uuid.uuid4().hex[:12], profile=profile, git=git_state(REPO_ROOT),
                        env=env, budget=budget, packages=packages)

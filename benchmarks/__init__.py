@@ -1,0 +1,1 @@
+"""asv front end: thin classes that time the same scenarios the suite runs."""

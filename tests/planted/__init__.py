@@ -1,0 +1,1 @@
+"""Scenarios with planted behaviour (crash, hang, raise, failing check) for runner tests."""

@@ -1,0 +1,97 @@
+"""The CLI: every command works, and bad input ends in one line, exit 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from suite.cli import main
+from suite.schema import append_record
+from tests.factories import record, timings
+
+FROZEN = Path(__file__).parent / "data" / "results-v1.jsonl"
+
+
+def mlsuite(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "suite", *args], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).parent.parent)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("mlsuite: error:") and fragment in result.stderr
+
+
+def test_list_shows_registered_scenarios_as_json() -> None:
+    result = mlsuite("list", "--json", "--profile", "quick")
+    assert result.returncode == 0
+    listing = {item["id"]: item for item in json.loads(result.stdout)}
+    assert listing["train.amp"]["grid"]["device"] == ["cpu"]
+    assert "quick" in listing["train.baseline"]["profiles"]
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (("run", "--profile", "turbo"), "invalid choice"),
+    (("frobnicate",), "invalid choice"),
+    (("run", "--only", "nothing.*"), "matches no scenario"),
+    (("gate", "--baseline", "a"), "required"),
+])
+def test_bad_arguments(args: tuple[str, ...], fragment: str) -> None:
+    one_line_error(mlsuite(*args), fragment)
+
+
+def test_malformed_config(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[profiles.quick\nwarmup_calls = 3")
+    one_line_error(mlsuite("run", "--config", str(config)), "malformed TOML")
+    config.write_text("[profiles.quick]\nwarmup_calls = -3\n")
+    one_line_error(mlsuite("run", "--config", str(config)), "profiles.quick.warmup_calls")
+    config.write_text("[profiles.quick]\nwarmup_cals = 3\n")
+    one_line_error(mlsuite("run", "--config", str(config)), "warmup_cals")
+
+
+def test_corrupt_results_file(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.jsonl"
+    corrupt.write_text(FROZEN.read_text()[:500])
+    one_line_error(mlsuite("compare", str(FROZEN), str(corrupt)), "corrupt.jsonl:1: not valid JSON")
+    one_line_error(mlsuite("report", "--results", str(tmp_path)), "corrupt.jsonl:1")
+
+
+def test_compare_prints_a_table(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    append_record(a, record(timings(0.01, 1)))
+    append_record(b, record(timings(0.01, 2)))
+    result = mlsuite("compare", str(a), str(b))
+    assert result.returncode == 0 and "step_time" in result.stdout and "same" in result.stdout
+
+
+def test_gate_exit_status_follows_the_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base, same, slow = tmp_path / "base.jsonl", tmp_path / "same.jsonl", tmp_path / "slow.jsonl"
+    append_record(base, record(timings(0.01, 1)))
+    append_record(same, record(timings(0.01, 2)))
+    append_record(slow, record(timings(0.012, 3)))
+    assert main(["gate", "--baseline", str(base), "--current", str(same)]) == 0
+    assert main(["gate", "--baseline", str(base), "--current", str(slow)]) == 1
+    assert "GATE FAIL" in capsys.readouterr().out
+    assert main(["gate", "--baseline", str(base), "--current", str(same), "--fail-on", "bogus"]) == 2
+
+
+def test_report_writes_markdown_html_and_schema(tmp_path: Path) -> None:
+    (tmp_path / "run.jsonl").write_text(FROZEN.read_text())
+    assert main(["report", "--results", str(tmp_path)]) == 0
+    readme = (tmp_path / "README.md").read_text()
+    assert "| `train.accumulation` |" in readme and "pass 3/3" in readme
+    assert "data:image/png;base64," in (tmp_path / "index.html").read_text()
+    assert json.loads((tmp_path / "schema.json").read_text())["title"] == "Record"
+
+
+def test_env_prints_the_fingerprint() -> None:
+    result = mlsuite("env", "--json")
+    assert result.returncode == 0
+    env = json.loads(result.stdout)
+    assert env["cpu_cores"] >= 1 and "torch_intra_op" in env["threads"]

@@ -1,0 +1,97 @@
+"""The runner records every outcome, loses nothing on a crash, and resumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from suite import registry
+from suite.profiles import PROFILES
+from suite.runner import run
+from suite.schema import Status, load_records
+
+PLANTED = ("tests.planted",)
+FAST = PROFILES["quick"].model_copy(update={"warmup_s": 0.0, "max_time_s": 0.05, "min_samples": 10})
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory: pytest.TempPathFactory) -> list:
+    held = registry.reset()
+    try:
+        path = run("planted.*", "quick", FAST, tmp_path_factory.mktemp("results"), packages=PLANTED)
+    finally:
+        registry.restore(held)
+    return load_records(path)
+
+
+def by_scenario(records: list) -> dict:
+    return {r.scenario: r for r in records}
+
+
+def test_every_point_of_every_grid_gets_one_record(planted_run: list) -> None:
+    assert sorted((r.scenario, r.params["n"]) for r in planted_run) == [
+        ("planted.check_fails", 1), ("planted.crashes", 1), ("planted.hangs", 1), ("planted.needs_binary", 1),
+        ("planted.ok", 1), ("planted.ok", 2), ("planted.raises", 1), ("planted.skips_at_runtime", 1)]
+
+
+def test_a_healthy_scenario_is_ok_with_timed_metrics(planted_run: list) -> None:
+    record = by_scenario(planted_run)["planted.ok"]
+    assert record.status is Status.ok
+    step = record.metric("step_time")
+    assert step is not None and step.n >= 10 and step.unit == "s" and not step.higher_is_better
+    assert step.overhead is not None and step.overhead > 0
+    assert {c.name for c in record.checks} == {"planted.fine", "harness.timer_overhead"}
+
+
+def test_an_exception_is_an_error_with_the_step_and_message(planted_run: list) -> None:
+    record = by_scenario(planted_run)["planted.raises"]
+    assert record.status is Status.error
+    assert record.reason == "measure: RuntimeError: planted failure in measure"
+    assert "Traceback" in record.provenance["traceback"]
+
+
+def test_a_crash_is_an_error_with_the_exit_code_and_output(planted_run: list) -> None:
+    record = by_scenario(planted_run)["planted.crashes"]
+    assert record.status is Status.error
+    assert "exited with code 3" in record.reason and "about to die" in record.reason
+
+
+def test_a_hang_is_killed_at_the_timeout(planted_run: list) -> None:
+    record = by_scenario(planted_run)["planted.hangs"]
+    assert record.status is Status.error and record.reason.startswith("timed out after 3s")
+    assert record.duration_s < 30
+
+
+def test_a_failing_check_is_failed_not_ok(planted_run: list) -> None:
+    record = by_scenario(planted_run)["planted.check_fails"]
+    assert record.status is Status.failed and record.reason == "checks failed: planted.too_big"
+
+
+def test_unmet_requirement_and_runtime_skip_are_skipped_with_reason(planted_run: list) -> None:
+    records = by_scenario(planted_run)
+    assert records["planted.needs_binary"].status is Status.skipped
+    assert records["planted.needs_binary"].reason == "binary no-such-binary-mlsuite is not on PATH"
+    assert records["planted.skips_at_runtime"].status is Status.skipped
+    assert records["planted.skips_at_runtime"].reason == "server refused to start: planted"
+
+
+def test_records_carry_environment_and_identity(planted_run: list) -> None:
+    record = by_scenario(planted_run)["planted.ok"]
+    assert record.env.cpu_cores >= 1 and record.env.threads["OMP_NUM_THREADS"]
+    assert len(record.config_hash) == 16 and len(record.source_hash) == 16
+    assert len({r.run_id for r in planted_run}) == 1
+
+
+def test_resume_runs_only_what_is_missing(tmp_path: Path, empty_registry: None) -> None:
+    path = run("planted.ok", "quick", FAST, tmp_path, packages=PLANTED)
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n")  # as if interrupted after the first record
+    started = []
+    resumed = run("planted.ok", "quick", FAST, tmp_path, resume=True, packages=PLANTED,
+                  on_start=lambda label, i, n: started.append(label))
+    assert resumed == path
+    assert len(started) == 1
+    records = load_records(path)
+    assert sorted(r.params["n"] for r in records) == [1, 2]
+    assert len({r.run_id for r in records}) == 1

@@ -1,0 +1,79 @@
+"""Statistics the suite publishes: floors, CIs, throughput definition, significance."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from suite import stats
+
+
+def test_sample_size_floors_reproduce_mlperf() -> None:
+    assert stats.min_samples_for(90) == 64
+    assert stats.min_samples_for(99) == 662
+
+
+@pytest.mark.parametrize(("n", "claimed_p90", "claimed_p99"), [(63, False, False), (64, True, False), (662, True, True)])
+def test_percentiles_are_claimed_only_above_the_floor(n: int, claimed_p90: bool, claimed_p99: bool) -> None:
+    by_q = {p.q: p for p in stats.percentiles(list(range(n)))}
+    assert by_q[90.0].claimed is claimed_p90
+    assert by_q[99.0].claimed is claimed_p99
+    assert by_q[50.0].value == pytest.approx(np.percentile(range(n), 50))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(min_value=1e-6, max_value=1.0), min_size=2, max_size=200))
+def test_bootstrap_ci_brackets_the_median(samples: list[float]) -> None:
+    metric = stats.summarize("t", "s", False, samples)
+    assert metric.ci_low <= metric.median <= metric.ci_high
+    assert metric.n == len(samples) and metric.samples == samples
+
+
+def test_ci_narrows_with_more_samples() -> None:
+    rng = np.random.default_rng(0)
+    small = stats.summarize("t", "s", False, rng.lognormal(size=20))
+    large = stats.summarize("t", "s", False, rng.lognormal(size=2000))
+    assert (large.ci_high - large.ci_low) < (small.ci_high - small.ci_low) / 3
+
+
+def test_throughput_is_items_over_total_time_not_mean_of_rates() -> None:
+    metric = stats.throughput("tp", "samples/s", 10, [1.0, 3.0])
+    assert metric.value == pytest.approx(20 / 4.0)
+    assert metric.value != pytest.approx(np.mean([10.0, 10 / 3]))
+    assert metric.higher_is_better and metric.unit == "samples/s"
+
+
+def test_non_finite_or_empty_samples_are_refused() -> None:
+    with pytest.raises(ValueError, match="non-finite"):
+        stats.summarize("t", "s", False, [1.0, math.nan])
+    with pytest.raises(ValueError, match="no samples"):
+        stats.summarize("t", "s", False, [])
+
+
+def test_proportion_ci_and_paired_delta() -> None:
+    a = np.array([1] * 90 + [0] * 10)
+    b = a.copy()
+    b[:5] = 0  # b gets 5 items wrong that a got right
+    accuracy = stats.proportion("acc", a)
+    assert accuracy.value == pytest.approx(0.9) and accuracy.ci_low < 0.9 < accuracy.ci_high
+    delta, low, high = stats.paired_bootstrap_delta(a, b)
+    assert delta == pytest.approx(-0.05) and low <= delta <= high and high < 0
+
+
+def test_mann_whitney_separates_shifted_samples_only() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.normal(1.0, 0.05, 200)
+    assert stats.mann_whitney_p(base, rng.normal(1.0, 0.05, 200)) > 0.01
+    assert stats.mann_whitney_p(base, rng.normal(1.2, 0.05, 200)) < 1e-6
+    assert stats.mann_whitney_p([1.0, 2.0], [3.0, 4.0]) == 1.0  # too few to test
+
+
+def test_ratio_of_medians_brackets_true_speedup() -> None:
+    rng = np.random.default_rng(2)
+    slow, fast = rng.normal(2.0, 0.05, 300), rng.normal(1.0, 0.025, 300)
+    speedup = stats.ratio_of_medians("speedup", slow, fast)
+    assert speedup.ci_low < 2.0 < speedup.ci_high and speedup.value == pytest.approx(2.0, rel=0.02)
