@@ -65,8 +65,13 @@ def build_parser() -> Parser:
     return parser
 
 
+def discover(packages: tuple[str, ...]) -> None:
+    for module, error in registry.discover(packages).items():
+        print(f"mlsuite: warning: scenario module {module} failed to import: {error}", file=sys.stderr)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    registry.discover(args.packages)
+    discover(args.packages)
     listing = []
     for scenario_id, cls in registry.scenarios().items():
         profiles = ["full", *cls.profiles]
@@ -109,7 +114,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                           f"{record.duration_s:.1f}s {record.reason[:160]}", markup=True, highlight=False)
 
         path = run(args.only, args.profile, budget, args.out, where=where, resume=args.resume,
-                   packages=args.packages, on_start=on_start, on_record=on_record)
+                   packages=args.packages, on_start=on_start, on_record=on_record,
+                   on_warning=lambda text: console.print(f"[yellow]warning:[/] {text}", highlight=False))
     print(path)
     return 0
 

@@ -194,8 +194,8 @@ class LoadResult:
 
 
 def metrics(result: LoadResult, prefix: str) -> list[Metric]:
-    """Throughput, latency (with claimed/unclaimed percentiles), errors and the
-    generator's own capacity for one load point."""
+    """Throughput, latency (with claimed/unclaimed percentiles), errors, the generator's
+    own capacity, and `stable` (1 accepted, 0 unstable) for one load point."""
     rates = stats.summarize(f"{prefix}throughput", "req/s", True, [w.throughput for w in result.accepted])
     found = [rates.model_copy(update={"value": result.throughput})]  # items over total time
     if result.latencies:
@@ -204,6 +204,7 @@ def metrics(result: LoadResult, prefix: str) -> list[Metric]:
     found.append(stats.scalar(f"{prefix}loadgen_capacity", "req/cpu-s", True, result.capacity))
     if result.issue_lag:
         found.append(stats.summarize(f"{prefix}issue_lag", "s", False, result.issue_lag))
+    found.append(stats.scalar(f"{prefix}stable", "bool", True, float(result.stable)))
     return found
 
 
@@ -468,11 +469,13 @@ def _dechunk(buffer: bytearray, start: int) -> tuple[bytes | None, int]:
 
 
 class HttpJsonAdapter:
-    """POST JSON to one URL over pooled keep-alive connections; a non-2xx status is a
-    failure of kind `http_<status>`."""
+    """POST JSON to one URL over at most `max_connections` keep-alive connections (as wrk2
+    does: more arrivals than connections wait for one, and that wait counts in their
+    latency); a non-2xx status is a failure of kind `http_<status>`."""
 
     def __init__(self, url: str, headers: dict[str, str] | None = None, timeout_s: float = 30.0,
-                 to_json: Callable[[Any], Any] | None = None, outputs_key: str = "outputs") -> None:
+                 to_json: Callable[[Any], Any] | None = None, outputs_key: str = "outputs",
+                 max_connections: int = 64) -> None:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"HttpJsonAdapter needs an http:// URL, got {url!r}")
@@ -486,7 +489,9 @@ class HttpJsonAdapter:
         self._head = (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
                       + "".join(f"{k}: {v}\r\n" for k, v in extra.items()))
         self.headers = extra
+        self.max_connections = max_connections
         self._idle: list[_HttpConnection] = []
+        self._slots: asyncio.Semaphore | None = None  # made in the running loop
 
     def encode(self, request: Any) -> bytes:
         return json.dumps(self.to_json(request)).encode()
@@ -505,15 +510,18 @@ class HttpJsonAdapter:
         return connection
 
     async def issue(self, prepared: bytes) -> bytes:
-        connection = await self._connection()
-        try:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_connections)
+        async with self._slots:
             async with asyncio.timeout(self.timeout_s):
-                status, body = await connection.request(prepared)
-        except BaseException:
-            connection.close()  # a half-read response makes the connection useless
-            raise
-        if connection.reusable:
-            self._idle.append(connection)
+                connection = await self._connection()
+                try:
+                    status, body = await connection.request(prepared)
+                except BaseException:
+                    connection.close()  # a half-read response makes the connection useless
+                    raise
+            if connection.reusable:
+                self._idle.append(connection)
         if not 200 <= status < 300:
             raise RequestFailed(f"http_{status}", body[:200].decode(errors="replace"))
         return body
@@ -525,6 +533,7 @@ class HttpJsonAdapter:
         for connection in self._idle:
             connection.close()
         self._idle.clear()
+        self._slots = None
 
 
 class TorchServeAdapter(HttpJsonAdapter):

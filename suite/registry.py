@@ -106,9 +106,11 @@ def scenario(
     return register
 
 
-def discover(packages: tuple[str, ...] = DEFAULT_PACKAGES) -> None:
+def discover(packages: tuple[str, ...] = DEFAULT_PACKAGES) -> dict[str, str]:
     """Import every `<package>.<family>.scenarios` module so its decorators run (again,
-    after a `reset()`: a module imported before is reloaded)."""
+    after a `reset()`: a module imported before is reloaded). A module that fails to import
+    does not stop the others: returns {module: error} for the caller to report."""
+    broken: dict[str, str] = {}
     for package_name in packages:
         try:
             package = importlib.import_module(package_name)
@@ -117,10 +119,14 @@ def discover(packages: tuple[str, ...] = DEFAULT_PACKAGES) -> None:
         for info in pkgutil.walk_packages(package.__path__, prefix=f"{package_name}."):
             if info.name.rsplit(".", 1)[-1] != "scenarios":
                 continue
-            if info.name in sys.modules:
-                importlib.reload(sys.modules[info.name])
-            else:
-                importlib.import_module(info.name)
+            try:
+                if info.name in sys.modules:
+                    importlib.reload(sys.modules[info.name])
+                else:
+                    importlib.import_module(info.name)
+            except Exception as exc:  # noqa: BLE001 - one broken family must not hide the rest
+                broken[info.name] = f"{type(exc).__name__}: {exc}"
+    return broken
 
 
 def scenarios() -> dict[str, type[Scenario]]:

@@ -61,7 +61,6 @@ class RunHeader:
     git: Git
     env: Environment
     budget: Budget
-    packages: tuple[str, ...]
 
     def record(self, cls: type[registry.Scenario], params: dict[str, Any], status: Status,
                reason: str, duration_s: float, outcome: dict[str, Any] | None = None) -> Record:
@@ -101,7 +100,7 @@ def run_in_subprocess(header: RunHeader, cls: type[registry.Scenario], params: d
         job, result, log = Path(tmp, "job.json"), Path(tmp, "result.json"), Path(tmp, "log.txt")
         job.write_text(json.dumps({
             "scenario": cls.id, "params": params, "profile": header.profile,
-            "budget": header.budget.model_dump(), "packages": list(header.packages),
+            "budget": header.budget.model_dump(), "module": cls.__module__,
         }))
         start = time.perf_counter()
         with log.open("w") as log_handle:
@@ -154,15 +153,18 @@ def run(pattern: str, profile: str, budget: Budget, out_dir: Path, *, where: dic
         resume: bool = False,
         packages: tuple[str, ...] = registry.DEFAULT_PACKAGES,
         on_start: Callable[[str, int, int], None] | None = None,
-        on_record: Callable[[Record], None] | None = None) -> Path:
+        on_record: Callable[[Record], None] | None = None,
+        on_warning: Callable[[str], None] | None = None) -> Path:
     """Run every selected (scenario, params); returns the results file written."""
-    registry.discover(packages)
+    for module, error in registry.discover(packages).items():
+        if on_warning:
+            on_warning(f"scenario module {module} failed to import: {error}")
     jobs = list(registry.select(pattern, profile, where))
     if not jobs:
         raise SuiteError(f"no scenario matching {pattern!r} with {where or {}} takes part in profile {profile!r}")
     env = fingerprint(budget.seed)
     header = RunHeader(run_id=uuid.uuid4().hex[:12], profile=profile, git=git_state(REPO_ROOT),
-                       env=env, budget=budget, packages=packages)
+                       env=env, budget=budget)
     done: set[tuple[str, str]] = set()
     path = latest_results(out_dir, env.machine_id, profile) if resume else None
     if path is not None:

@@ -6,6 +6,7 @@ crash (no result file) as `error`; everything this process can catch it reports 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
@@ -61,7 +62,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     threads = budget.threads or (os.cpu_count() or 1)
     result: dict[str, Any] = {"metrics": [], "checks": [], "provenance": {}}
     result["threads"] = _pin_threads_and_seed(threads, budget.seed)
-    registry.discover(tuple(job["packages"]))
+    importlib.import_module(job["module"])
     cls = registry.get(job["scenario"])
     ctx = RunContext(params=job["params"], budget=budget, profile=job["profile"], seed=budget.seed)
     instance = cls()

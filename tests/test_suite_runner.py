@@ -18,10 +18,14 @@ FAST = PROFILES["quick"].model_copy(update={"warmup_s": 0.0, "max_time_s": 0.05,
 @pytest.fixture(scope="module")
 def planted_run(tmp_path_factory: pytest.TempPathFactory) -> list:
     held = registry.reset()
+    warnings: list[str] = []
     try:
-        path = run("planted.*", "quick", FAST, tmp_path_factory.mktemp("results"), packages=PLANTED)
+        path = run("planted.*", "quick", FAST, tmp_path_factory.mktemp("results"), packages=PLANTED,
+                   on_warning=warnings.append)
     finally:
         registry.restore(held)
+    assert warnings == ["scenario module tests.planted.broken.scenarios failed to import: "
+                        "ImportError: planted: this family's dependency is missing"]
     return load_records(path)
 
 
