@@ -11,8 +11,9 @@ the schedule, the timing and the statistics belong here:
   agree within 10% on throughput and on p99, otherwise it is reported `unstable`;
 - results: throughput, latency percentiles with the sample-size floor of `suite.stats`,
   errors by kind, goodput (the highest offered rate whose p99 meets an SLO), and the
-  generator's own capacity (requests per CPU-second it spends), so a reader can see it
-  was not the bottleneck it measured.
+  generator's own capacity: requests per second of CPU it wanted (time on a CPU plus time
+  waiting in the run queue for one), so a reader can see it was not the bottleneck it
+  measured even on a machine where it has to share the cores.
 
 `wrk` and `hey` (Debian packages) run on the same endpoint to validate it.
 Adapters: HTTP JSON (a lean keep-alive HTTP/1.1 client on asyncio), TorchServe REST,
@@ -129,13 +130,28 @@ def stable(windows: Sequence[Window], tolerance: float = STABILITY_TOLERANCE) ->
 # --------------------------------------------------------------------------- results
 
 
+def cpu_demand_s() -> float:
+    """Seconds this process's threads spent on a CPU or runnable and waiting for one
+    (Linux schedstat). A generator that is its own bottleneck wants the CPU all the time,
+    whether or not a busy machine gives it one. Elsewhere: process CPU time."""
+    stats_files = list(Path("/proc/self/task").glob("*/schedstat"))
+    total = 0.0
+    for path in stats_files:
+        try:
+            run_ns, wait_ns = path.read_text().split()[:2]
+        except (OSError, ValueError):
+            continue  # a thread that ended meanwhile
+        total += (int(run_ns) + int(wait_ns)) / 1e9
+    return total if stats_files else time.process_time()
+
+
 @dataclass
 class LoadResult:
     mode: str  # "closed" or "open"
     level: float  # concurrency (closed) or offered rate in requests/s (open)
     windows: list[Window]
     stable: bool
-    cpu_s: float  # the generator's own CPU time over the measured windows
+    demand_s: float  # the generator's own CPU demand over the measured windows (cpu_demand_s)
     issue_lag: list[float] = field(default_factory=list)  # open loop: sent - scheduled, seconds
 
     @property
@@ -178,9 +194,10 @@ class LoadResult:
 
     @property
     def capacity(self) -> float:
-        """Requests the generator could issue per CPU-second at its measured cost."""
+        """Requests per second the generator could drive at its measured CPU demand per
+        request: throughput over the fraction of the time it wanted a CPU."""
         requests = sum(len(w.latencies) + sum(w.errors.values()) for w in self.windows)
-        return requests / self.cpu_s if self.cpu_s > 0 else math.inf
+        return requests / self.demand_s if self.demand_s > 0 else math.inf
 
     def describe(self) -> dict[str, Any]:
         """Per-window detail for provenance."""
@@ -189,7 +206,7 @@ class LoadResult:
             "window_throughput": [round(w.throughput, 2) for w in self.windows],
             "window_p99_s": [w.p99 for w in self.windows],
             "errors": dict(self.errors), "completed": self.completed,
-            "loadgen_capacity_req_per_cpu_s": self.capacity,
+            "loadgen_capacity_req_s": self.capacity,
         }
 
 
@@ -201,7 +218,7 @@ def metrics(result: LoadResult, prefix: str) -> list[Metric]:
     if result.latencies:
         found.append(stats.summarize(f"{prefix}latency", "s", False, result.latencies))
     found.append(stats.scalar(f"{prefix}errors", "requests", False, sum(result.errors.values())))
-    found.append(stats.scalar(f"{prefix}loadgen_capacity", "req/cpu-s", True, result.capacity))
+    found.append(stats.scalar(f"{prefix}loadgen_capacity", "req/s", True, result.capacity))
     if result.issue_lag:
         found.append(stats.summarize(f"{prefix}issue_lag", "s", False, result.issue_lag))
     found.append(stats.scalar(f"{prefix}stable", "bool", True, float(result.stable)))
@@ -254,11 +271,11 @@ async def _issue_recorded(adapter: Adapter, prepared: Any, origin: float, record
 
 async def _measure_windows(recorder: _Recorder, policy: WindowPolicy) -> tuple[list[Window], bool, float]:
     """Wait out warm-up, then cut windows until stable or max_windows; returns the
-    windows, the verdict and the generator's CPU seconds while measuring."""
+    windows, the verdict and the generator's CPU demand while measuring."""
     clock = recorder.clock
     await asyncio.sleep(policy.warmup_s)
     windows: list[Window] = []
-    cpu_start = time.process_time()
+    demand_start = cpu_demand_s()
     start = clock()
     cursor = len(recorder.events)
     while len(windows) < policy.max_windows:
@@ -282,8 +299,8 @@ async def _measure_windows(recorder: _Recorder, policy: WindowPolicy) -> tuple[l
                               Counter(kind for _, _, kind in chunk if kind is not None)))
         cursor, start = upto, end
         if stable(windows, policy.tolerance):
-            return windows, True, time.process_time() - cpu_start
-    return windows, False, time.process_time() - cpu_start
+            return windows, True, cpu_demand_s() - demand_start
+    return windows, False, cpu_demand_s() - demand_start
 
 
 async def _finish(tasks: Sequence[asyncio.Task[Any]]) -> None:
@@ -311,11 +328,11 @@ async def closed_loop(adapter: Adapter, prepared: Sequence[Any], concurrency: in
 
     tasks = [asyncio.create_task(caller(k)) for k in range(concurrency)]
     try:
-        windows, verdict, cpu_s = await _measure_windows(recorder, policy)
+        windows, verdict, demand_s = await _measure_windows(recorder, policy)
     finally:
         running = False
         await _finish(tasks)
-    return LoadResult("closed", concurrency, windows, verdict, cpu_s)
+    return LoadResult("closed", concurrency, windows, verdict, demand_s)
 
 
 def poisson_arrivals(rate: float, seed: int, block: int = 1024) -> Iterator[float]:
@@ -358,12 +375,12 @@ async def open_loop(adapter: Adapter, prepared: Sequence[Any], rate: float, poli
 
     scheduler = asyncio.create_task(schedule())
     try:
-        windows, verdict, cpu_s = await _measure_windows(recorder, policy)
+        windows, verdict, demand_s = await _measure_windows(recorder, policy)
     finally:
         scheduler.cancel()
         await asyncio.gather(scheduler, return_exceptions=True)
         await _finish(list(in_flight))
-    return LoadResult("open", rate, windows, verdict, cpu_s, issue_lag=lag)
+    return LoadResult("open", rate, windows, verdict, demand_s, issue_lag=lag)
 
 
 def run(coroutine_factory: Callable[[], Any]) -> Any:

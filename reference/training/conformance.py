@@ -85,11 +85,16 @@ def baseline_reaches_accuracy(run: Convergence, bound: float = DIGITS_ACCURACY_B
 
 
 def amp_tracks_fp32(fp32: Convergence, amp: Convergence) -> list[Check]:
-    gap = max(abs(a - b) for a, b in zip(fp32.loss_curve, amp.loss_curve))
+    """Per-epoch mean loss from the second epoch on, and final eval accuracy. The first
+    epoch is reported but not bounded: fp16's GradScaler starts at scale 2**16 and skips
+    steps whose gradients overflow while it backs off, which legitimately delays it."""
+    gaps = [abs(a - b) for a, b in zip(fp32.loss_curve, amp.loss_curve)]
     accuracy_gap = abs(float(fp32.correct.float().mean()) - float(amp.correct.float().mean()))
     return [
-        checks.at_most("amp.loss_curve_tracks_fp32", gap, AMP_LOSS_BOUND, "fp32 run, same init and batches",
-                       f"largest per-epoch mean-loss gap over {len(fp32.loss_curve)} epochs (nats)"),
+        checks.at_most("amp.loss_curve_tracks_fp32", max(gaps[1:]), AMP_LOSS_BOUND,
+                       "fp32 run, same init and batches",
+                       f"largest per-epoch mean-loss gap over epochs 2-{len(gaps)} (nats); "
+                       f"first-epoch gap {gaps[0]:.3g}"),
         checks.at_most("amp.eval_accuracy_tracks_fp32", accuracy_gap, AMP_ACCURACY_BOUND,
                        "fp32 run, same init and batches", "absolute eval accuracy gap"),
     ]
