@@ -37,7 +37,8 @@ class TrainingAccuracy:
     def track_eval_accuracy(self, model: str) -> float:
         from reference.training import conformance, workloads
 
-        run = conformance.train_to_convergence(workloads.build(model, "small"), conformance.fp32_step_factory, epochs=10)
+        workload = workloads.build(model, "small")
+        run = conformance.train_to_convergence(workload, conformance.fp32_step_factory, epochs=10)
         return float(run.correct.float().mean())
 
     track_eval_accuracy.unit = "fraction"  # type: ignore[attr-defined]

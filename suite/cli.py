@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from suite import registry
 from suite.errors import SuiteError
@@ -72,7 +73,7 @@ def discover(packages: tuple[str, ...]) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     discover(args.packages)
-    listing = []
+    listing: list[dict[str, Any]] = []
     for scenario_id, cls in registry.scenarios().items():
         profiles = ["full", *cls.profiles]
         if args.profile and args.profile not in profiles:

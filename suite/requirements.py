@@ -51,10 +51,10 @@ class Binary(Requirement):
 @cache
 def cuda_device_count() -> int:
     """Number of CUDA devices torch sees (0 without torch or without CUDA)."""
-    if importlib.util.find_spec("torch") is None:
+    try:
+        import torch
+    except ImportError:
         return 0
-    import torch
-
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 

@@ -8,9 +8,9 @@ corrupt line names its file and line number. Nothing is skipped with a warning.
 from __future__ import annotations
 
 import json
-from enum import Enum
-from pathlib import Path
 from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -24,7 +24,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     ok = "ok"
     failed = "failed"  # ran, but a conformance check did not pass
     skipped = "skipped"  # a requirement is not met on this machine: not applicable here

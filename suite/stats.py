@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TypeAlias
 
 import numpy as np
 
 from suite.schema import Metric, Percentile
+
+Samples: TypeAlias = Sequence[float] | np.ndarray
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 20261126
@@ -33,7 +36,7 @@ def percentiles(samples: Sequence[float]) -> list[Percentile]:
 
 
 def bootstrap_ci(
-    samples: Sequence[float],
+    samples: Samples,
     statistic: Callable[[np.ndarray], np.ndarray] = lambda x: np.median(x, axis=-1),
     confidence: float = 0.95,
     resamples: int = BOOTSTRAP_RESAMPLES,
@@ -134,7 +137,7 @@ def paired_bootstrap_delta(correct_a: np.ndarray, correct_b: np.ndarray) -> tupl
     return float(diff.mean()), low, high
 
 
-def mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> float:
+def mann_whitney_p(a: Samples, b: Samples) -> float:
     """Two-sided Mann-Whitney U p-value (as asv uses); 1.0 when either side is too small."""
     from scipy.stats import mannwhitneyu
 

@@ -56,7 +56,7 @@ def _host_samples(fn: Callable[[], Any], budget: Budget) -> list[float]:
 def _device_samples(fn: Callable[[], Any], budget: Budget) -> list[float]:
     import torch
 
-    pairs = []
+    pairs: list[tuple[Any, Any]] = []
     started = time.perf_counter()
     while not _enough(len(pairs), started, budget):
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

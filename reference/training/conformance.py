@@ -24,7 +24,8 @@ AccumulationStep = Callable[..., torch.Tensor]
 TrainerFactory = Callable[[torch.nn.Module, torch.optim.Optimizer], AmpTrainer]
 
 
-def uneven_batch(workload: workloads.Workload, micro_batches: int, micro_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def uneven_batch(workload: workloads.Workload, micro_batches: int,
+                 micro_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch whose size is not a multiple of micro_batches, so the last one is short."""
     n = micro_batches * micro_size - 1
     return workload.split.x_train[:n], workload.split.y_train[:n]
@@ -50,7 +51,8 @@ def accumulation_matches_full_batch(accumulate: AccumulationStep, model_name: st
     params = checks.all_close_to_golden(
         "accumulation.parameters_equal_full_batch",
         zip(candidate.parameters(), golden.parameters()), "fp32")
-    baseline_error = max(checks.relative_error(b, g) for b, g in zip(baseline.parameters(), golden.parameters()))
+    baseline_error = max(checks.relative_error(b, g)
+                         for b, g in zip(baseline.parameters(), golden.parameters()))
     for check in (grads, params):
         check.detail += f"; {where}; fp32 full-batch baseline error {baseline_error:.3g}"
     return [grads, params]
@@ -62,8 +64,11 @@ class Convergence:
     correct: torch.Tensor  # per eval example
 
 
-def train_to_convergence(workload: workloads.Workload, step_factory: Callable[[torch.nn.Module, torch.optim.Optimizer],
-                         Callable[[torch.Tensor, torch.Tensor], torch.Tensor]], epochs: int, seed: int = 0) -> Convergence:
+StepFactory = Callable[[torch.nn.Module, torch.optim.Optimizer], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+
+
+def train_to_convergence(workload: workloads.Workload, step_factory: StepFactory, epochs: int,
+                         seed: int = 0) -> Convergence:
     """The stated recipe (AdamW, batch 64) from the workload's initial weights."""
     model = copy.deepcopy(workload.model)
     step = step_factory(model, torch.optim.AdamW(model.parameters(), lr=RECIPE_LR))

@@ -110,7 +110,8 @@ class TrainAmp(TrainingScenario):
         fp32_model = copy.deepcopy(self.workload.model)
         fp32_optimizer = torch.optim.AdamW(fp32_model.parameters(), lr=1e-3)
         self.fp32_step = lambda: loop.train_step(fp32_model, fp32_optimizer, workloads.loss_fn, self.x, self.y)
-        self.trainer = self.make_trainer(self.workload.model, torch.optim.AdamW(self.workload.model.parameters(), lr=1e-3))
+        model = self.workload.model
+        self.trainer = self.make_trainer(model, torch.optim.AdamW(model.parameters(), lr=1e-3))
         ctx.provenance["grad_scaler"] = self.trainer.scaler is not None
 
     def make_trainer(self, model, optimizer):  # type: ignore[no-untyped-def]

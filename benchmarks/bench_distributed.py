@@ -1,0 +1,47 @@
+"""asv benchmarks for the distributed techniques (the scenarios of reference/distributed).
+
+`setup` launches the ranks (torchrun) and `teardown` stops them; `time_step` is one
+synchronised training step across the job, including the launcher's round trip to the
+ranks (the suite's own records time the step inside the ranks, without it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .common import prepared
+
+DEEPSPEED_STAGES = ["stage0", "stage1", "stage2", "stage2_offload", "stage3"]
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddp": ("dist.ddp", {}),
+    "torch.zero1": ("dist.zero.torch", {}),
+    "torch.fsdp2": ("dist.fsdp2", {}),
+    **{f"deepspeed.{stage}": ("dist.zero.deepspeed", {"stage": stage}) for stage in DEEPSPEED_STAGES},
+}
+
+
+class DistributedStep:
+    """One training step of each strategy at 1 and 2 processes, and the bytes a rank holds."""
+
+    params = (list(VARIANTS), [1, 2])
+    param_names = ["strategy", "processes"]
+    timeout = 600
+
+    def setup(self, strategy: str, processes: int) -> None:
+        scenario_id, extra = VARIANTS[strategy]
+        self.scenario = prepared(scenario_id, world_sizes=[processes], **extra)
+        self.scenario.step()  # optimizer state exists before anything is tracked
+
+    def teardown(self, strategy: str, processes: int) -> None:
+        self.scenario.teardown()
+
+    def time_step(self, strategy: str, processes: int) -> None:
+        self.scenario.step()
+
+    def track_optimizer_state_bytes_per_rank(self, strategy: str, processes: int) -> int:
+        return max(rank["optimizer_state"] for rank in self.scenario.held_bytes())
+
+    def track_parameter_bytes_per_rank(self, strategy: str, processes: int) -> int:
+        return max(rank["parameters"] for rank in self.scenario.held_bytes())
+
+    track_optimizer_state_bytes_per_rank.unit = "bytes"  # type: ignore[attr-defined]
+    track_parameter_bytes_per_rank.unit = "bytes"  # type: ignore[attr-defined]

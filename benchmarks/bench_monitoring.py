@@ -1,0 +1,114 @@
+"""asv benchmarks for the monitoring techniques (the scenarios of reference/monitoring):
+the vectorised drift test against the per-column scipy loop, the validation tables' rates
+(track_), and the monitoring cost per prediction. The promtool-checked instrumentation
+raises NotImplementedError (asv's "not applicable") where promtool is missing."""
+
+from __future__ import annotations
+
+import time
+
+from .common import prepared
+
+DRIFT_SIZES = ([40, 500], [2_000, 100_000])  # features, rows per window
+
+
+class DriftTest:
+    """One KS test of every feature: vectorised, and scipy.stats.ks_2samp per column."""
+
+    params = DRIFT_SIZES
+    param_names = ["features", "rows"]
+    timeout = 900
+
+    def setup(self, features: int, rows: int) -> None:
+        self.scenario = prepared("monitor.drift", features=features, rows=rows, drifted=0.1)
+
+    def time_vectorised(self, features: int, rows: int) -> None:
+        self.scenario.step()
+
+    def time_scipy_loop(self, features: int, rows: int) -> None:
+        from reference.monitoring.conformance import scipy_ks_loop
+
+        scipy_ks_loop(self.scenario.reference, self.scenario.current)
+
+    def peakmem_vectorised(self, features: int, rows: int) -> None:
+        self.scenario.step()
+
+    def track_speedup(self, features: int, rows: int) -> float:
+        """scipy loop time / vectorised time, best of three each, in the same process."""
+        from reference.monitoring.conformance import scipy_ks_loop
+
+        def best(fn) -> float:  # type: ignore[no-untyped-def]
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            return min(times)
+
+        return best(lambda: scipy_ks_loop(self.scenario.reference, self.scenario.current)) / best(self.scenario.step)
+
+    track_speedup.unit = "ratio"  # type: ignore[attr-defined]
+
+
+class FalseAlarms:
+    """Rate of null windows with any alarm, 200 repetitions of 100-row windows."""
+
+    params = [1, 10, 100, 500]
+    param_names = ["features"]
+    timeout = 600
+
+    def setup(self, features: int) -> None:
+        from reference.monitoring.validation import null_false_alarms
+
+        self.null = null_false_alarms(features, 200, 100, 0.05, seed=0)
+
+    def track_uncorrected(self, features: int) -> float:
+        return self.null.any_alarm["none"].value
+
+    def track_bonferroni(self, features: int) -> float:
+        return self.null.any_alarm["bonferroni"].value
+
+    def track_bh(self, features: int) -> float:
+        return self.null.any_alarm["bh"].value
+
+    track_uncorrected.unit = track_bonferroni.unit = track_bh.unit = "fraction"  # type: ignore[attr-defined]
+
+
+class Power:
+    """Detection rate at the shift each dataset's conformance check names (BH, alpha 0.05)."""
+
+    params = ["breast_cancer", "wine", "mean", "variance", "shape"]
+    param_names = ["dataset"]
+    timeout = 600
+
+    def setup(self, dataset: str) -> None:
+        from reference.monitoring.scenarios import POWER_DESIGN
+        from reference.monitoring.validation import power
+
+        _, _, (shift, window) = POWER_DESIGN[dataset]
+        self.points = power(dataset, [shift], [window], 200, 0.05, seed=0)
+
+    def track_power_at_known_shift(self, dataset: str) -> float:
+        return self.points[0].detected.value
+
+    track_power_at_known_shift.unit = "fraction"  # type: ignore[attr-defined]
+
+
+class MonitorOverhead:
+    """A batch of predictions through the performance monitor (record + label, 1000) or
+    through the instrumented service (model + metrics + JSON log + monitor, 200)."""
+
+    params = ["performance", "instrumentation"]
+    param_names = ["monitor"]
+
+    def setup(self, monitor: str) -> None:
+        if monitor == "performance":
+            self.scenario = prepared("monitor.performance")
+        else:
+            self.scenario = prepared("monitor.prometheus", mode="instrumentation")
+
+    def time_batch(self, monitor: str) -> None:
+        self.scenario.step()
+
+    def peakmem_batch(self, monitor: str) -> None:
+        self.scenario.step()
