@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from suite import registry
-from suite.context import RunContext
 from suite.profiles import PROFILES
 from suite.requirements import first_unmet
 
@@ -22,6 +21,10 @@ def prepared(scenario_id: str, **params: Any) -> registry.Scenario:
     instance = cls()
     if (reason := first_unmet(instance.requirements(resolved))) is not None:
         raise NotImplementedError(reason)
+    # Imported here: asv takes any class in a benchmark module's namespace with a `time_*`
+    # method (RunContext.time_steps) for a benchmark.
+    from suite.context import RunContext
+
     budget = PROFILES["quick"]
     instance.setup(RunContext(params=resolved, budget=budget, profile="quick", seed=budget.seed))
     return instance

@@ -30,7 +30,7 @@ class Budget(BaseModel):
 PROFILES: dict[str, Budget] = {
     "quick": Budget(warmup_calls=3, warmup_s=0.2, min_samples=20, max_samples=400, max_time_s=1.5),
     "full": Budget(warmup_calls=10, warmup_s=1.0, min_samples=100, max_samples=5000, max_time_s=10.0),
-    "gpu": Budget(warmup_calls=10, warmup_s=1.0, min_samples=100, max_samples=5000, max_time_s=5.0),
+    "gpu": Budget(warmup_calls=10, warmup_s=1.0, min_samples=100, max_samples=5000, max_time_s=3.0),
 }
 
 

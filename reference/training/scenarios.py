@@ -151,7 +151,7 @@ class TrainAmp(TrainingScenario):
 
 @scenario("train.accumulation", grid={**GRID, "micro_batches": [2, 4, 8]}, requires=TORCH, timeout_s=900,
           profiles={"quick": {"model": ["mlp", "cnn"], "size": ["small"], "batch_size": [64], "micro_batches": [4]},
-                    "gpu": GPU})
+                    "gpu": {**GPU, "micro_batches": [4]}})
 class TrainAccumulation(TrainingScenario):
     """k micro-batches per optimiser step vs one batch of the same global size."""
 
