@@ -1,0 +1,109 @@
+"""The monitoring scenarios through the harness: registration, light imports, requirements,
+and whole records from the worker with a tiny budget."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from suite import registry
+from suite.requirements import Binary, first_unmet
+from tests.conftest import REPO_ROOT
+
+EXPECTED = {"monitor.drift", "monitor.drift.fpr", "monitor.drift.power", "monitor.drift.multivariate",
+            "monitor.performance", "monitor.prometheus"}
+TINY_BUDGET = {"warmup_calls": 1, "warmup_s": 0.0, "min_samples": 3, "max_samples": 5, "max_time_s": 0.01,
+               "threads": 1, "seed": 0}
+
+
+def monitoring_scenarios() -> dict[str, type[registry.Scenario]]:
+    registry.discover()
+    return {k: v for k, v in registry.scenarios().items() if k.startswith("monitor.")}
+
+
+def test_every_scenario_is_registered_with_a_quick_profile() -> None:
+    found = monitoring_scenarios()
+    assert set(found) == EXPECTED
+    for cls in found.values():
+        assert cls.param_grid("quick"), cls.id
+    assert {p["features"] for p in found["monitor.drift"].param_grid("full")} == {500}
+    assert {p["rows"] for p in found["monitor.drift"].param_grid("full")} >= {100_000}
+    assert {p["features"] for p in found["monitor.drift.fpr"].param_grid("quick")} == {1, 10, 100, 500}
+
+
+def test_scenarios_module_imports_nothing_heavy() -> None:
+    code = ("import sys, reference.monitoring.scenarios; "
+            "heavy = {'scipy', 'pandas', 'sklearn', 'prometheus_client'} & set(sys.modules); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
+
+
+def test_prometheus_modes_need_their_binaries() -> None:
+    cls = monitoring_scenarios()["monitor.prometheus"]
+    assert Binary("promtool") in cls().requirements({"mode": "instrumentation", "requests": 10})
+    assert Binary("prometheus") in cls().requirements({"mode": "server", "requests": 10})
+
+
+def run_worker(tmp_path, scenario_id: str, **params) -> dict:  # type: ignore[no-untyped-def]
+    job, result = tmp_path / "job.json", tmp_path / "result.json"
+    job.write_text(json.dumps({"scenario": scenario_id, "params": params, "profile": "quick",
+                               "budget": TINY_BUDGET, "module": "reference.monitoring.scenarios"}))
+    subprocess.run([sys.executable, "-m", "suite.worker", str(job), str(result)], check=True, cwd=REPO_ROOT,
+                   capture_output=True, timeout=300)
+    return json.loads(result.read_text())
+
+
+@pytest.mark.slow
+def test_drift_record_has_speedup_and_scipy_equal_pvalues(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("pandas")
+    result = run_worker(tmp_path, "monitor.drift", features=12, rows=3000, drifted=0.25)
+    assert result["status"] == "ok", result["reason"]
+    names = {m["name"] for m in result["metrics"]}
+    assert {"vectorised_throughput", "scipy_loop_throughput", "speedup_vs_scipy_loop",
+            "presorted_reference_throughput", "presorted_speedup_vs_scipy_loop",
+            "detector_with_effect_sizes_throughput"} <= names
+    checks = {c["name"]: c for c in result["checks"]}
+    assert checks["drift.ks_pvalue_equals_scipy"]["passed"] and checks["drift.ks_method_as_scipy"]["passed"]
+    assert result["provenance"]["ks_method"] == "exact" and "500 features" in result["provenance"]["speedup_target"]
+
+
+@pytest.mark.slow
+def test_fpr_record_shows_naive_inflation_next_to_corrected_rates(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("scipy")
+    result = run_worker(tmp_path, "monitor.drift.fpr", features=10, rows=40, repetitions=100)
+    assert result["status"] == "ok", result["reason"]
+    metrics = {m["name"]: m for m in result["metrics"]}
+    naive, bh = metrics["numeric.false_alarm_rate_uncorrected"], metrics["numeric.fdr_bh"]
+    assert naive["value"] > 0.2 > bh["value"] and naive["unit"] == "fraction" and not naive["higher_is_better"]
+    assert naive["ci_low"] < naive["value"] < naive["ci_high"] and naive["n"] == 100
+    assert all(c["passed"] for c in result["checks"]), result["checks"]
+    assert {c["name"] for c in result["checks"]} >= {"drift.fdr_bh_within_alpha.categorical",
+                                                     "drift.uncorrected_inflated_above_alpha.numeric"}
+
+
+@pytest.mark.slow
+def test_performance_record(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("sklearn")
+    result = run_worker(tmp_path, "monitor.performance", predictions=3000)
+    assert result["status"] == "ok", result["reason"]
+    assert {"overhead_per_prediction", "window_query_step_time"} <= {m["name"] for m in result["metrics"]}
+    assert {c["name"] for c in result["checks"] if c["passed"]} >= {"performance.metrics_equal_sklearn",
+                                                                     "performance.unlabeled_counts_exact"}
+
+
+@pytest.mark.slow
+def test_prometheus_instrumentation_record(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("prometheus_client")
+    cls = monitoring_scenarios()["monitor.prometheus"]
+    params = {"mode": "instrumentation", "requests": 50}
+    if (reason := first_unmet(cls().requirements(params))) is not None:
+        pytest.skip(reason)
+    result = run_worker(tmp_path, "monitor.prometheus", **params)
+    assert result["status"] == "ok", result["reason"]
+    names = {m["name"] for m in result["metrics"]}
+    assert {"monitoring_overhead_per_prediction", "metrics_overhead_per_prediction",
+            "log_overhead_per_prediction", "monitor_overhead_per_prediction"} <= names
+    assert all(c["passed"] for c in result["checks"]), result["checks"]
