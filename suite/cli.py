@@ -42,6 +42,9 @@ def build_parser() -> Parser:
                    help="only grid points with this parameter value, e.g. model=mlp (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the newest file of this machine and profile")
     p.add_argument("--config", type=Path, default=None, help="TOML file with [profiles.<name>] budget overrides")
+    p.add_argument("--track", default=None, metavar="TOOL",
+                   help="also log every record, as it is written, to this tracker (mlflow, tensorboard, wandb)")
+    p.add_argument("--track-dir", type=Path, default=None, help="the tracker's store (default: <out>/tracking/<tool>)")
 
     p = sub.add_parser("compare", help="per-metric table: medians, ratio, CI, Mann-Whitney p, verdict")
     p.add_argument("baseline", type=Path)
@@ -103,6 +106,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if malformed:
         raise SuiteError(f"--where takes KEY=VALUE, got {malformed[0]!r}")
     where = dict(w.split("=", 1) for w in args.where)
+    track = None
+    if args.track:
+        from suite.sinks import sink_for
+
+        track = sink_for(args.track, args.track_dir or args.out / "tracking" / args.track, args.packages)
     console = Console(stderr=True)
     status_line = console.status("starting")
     with status_line:
@@ -113,6 +121,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             colour = {"ok": "green", "failed": "red", "error": "red", "skipped": "yellow"}[record.status.value]
             console.print(f"[{colour}]{record.status.value:>7}[/] {record.scenario} {record.params} "
                           f"{record.duration_s:.1f}s {record.reason[:160]}", markup=True, highlight=False)
+            if track is not None:
+                try:
+                    track(record)
+                except Exception as exc:  # noqa: BLE001 - the record is already on disk
+                    console.print(f"[yellow]warning:[/] --track {args.track} failed: {type(exc).__name__}: {exc}")
 
         path = run(args.only, args.profile, budget, args.out, where=where, resume=args.resume,
                    packages=args.packages, on_start=on_start, on_record=on_record,

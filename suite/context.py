@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from suite import stats, timing
@@ -18,6 +20,16 @@ class RunContext:
     profile: str
     seed: int
     provenance: dict[str, Any] = field(default_factory=dict)
+    artifact_root: Path | None = None  # set by the runner: <out>/artifacts/<run>/<scenario>/<config hash>
+
+    @property
+    def artifact_dir(self) -> Path:
+        """Where to write files the report links (plots); list them in provenance["artifacts"].
+        Outside a run (asv, pytest-benchmark) a temporary folder."""
+        if self.artifact_root is None:
+            self.artifact_root = Path(tempfile.mkdtemp(prefix="mlsuite-artifacts-"))
+        self.artifact_root.mkdir(parents=True, exist_ok=True)
+        return self.artifact_root
 
     @property
     def device(self) -> str:

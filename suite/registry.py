@@ -106,10 +106,10 @@ def scenario(
     return register
 
 
-def discover(packages: tuple[str, ...] = DEFAULT_PACKAGES) -> dict[str, str]:
-    """Import every `<package>.<family>.scenarios` module so its decorators run (again,
-    after a `reset()`: a module imported before is reloaded). A module that fails to import
-    does not stop the others: returns {module: error} for the caller to report."""
+def discover(packages: tuple[str, ...] = DEFAULT_PACKAGES, leaf: str = "scenarios") -> dict[str, str]:
+    """Import every `<package>.<family>.<leaf>` module so its decorators run (again, after a
+    `reset()`: a module imported before is reloaded). A module that fails to import does
+    not stop the others: returns {module: error} for the caller to report."""
     broken: dict[str, str] = {}
     for package_name in packages:
         try:
@@ -117,7 +117,7 @@ def discover(packages: tuple[str, ...] = DEFAULT_PACKAGES) -> dict[str, str]:
         except ImportError as exc:
             raise SuiteError(f"cannot import scenario package {package_name!r}: {exc}") from None
         for info in pkgutil.walk_packages(package.__path__, prefix=f"{package_name}."):
-            if info.name.rsplit(".", 1)[-1] != "scenarios":
+            if info.name.rsplit(".", 1)[-1] != leaf:
                 continue
             try:
                 if info.name in sys.modules:

@@ -92,7 +92,7 @@ def _tail(path: Path) -> str:
 
 
 def run_in_subprocess(header: RunHeader, cls: type[registry.Scenario], params: dict[str, Any],
-                      timeout_s: float) -> Record:
+                      timeout_s: float, artifacts: Path) -> Record:
     """One worker process in a session of its own, so a timeout kills its whole tree
     (torchrun ranks, servers) and not only the worker."""
     threads = header.budget.threads or (os.cpu_count() or 1)
@@ -100,7 +100,7 @@ def run_in_subprocess(header: RunHeader, cls: type[registry.Scenario], params: d
         job, result, log = Path(tmp, "job.json"), Path(tmp, "result.json"), Path(tmp, "log.txt")
         job.write_text(json.dumps({
             "scenario": cls.id, "params": params, "profile": header.profile,
-            "budget": header.budget.model_dump(), "module": cls.__module__,
+            "budget": header.budget.model_dump(), "module": cls.__module__, "artifacts": str(artifacts),
         }))
         start = time.perf_counter()
         with log.open("w") as log_handle:
@@ -182,7 +182,8 @@ def run(pattern: str, profile: str, budget: Budget, out_dir: Path, *, where: dic
         if unmet is not None:
             record = header.record(cls, params, Status.skipped, unmet, 0.0)
         else:
-            record = run_in_subprocess(header, cls, params, cls.timeout_s)
+            artifacts = out_dir / "artifacts" / header.run_id / cls.id / config_hash(cls.id, params)
+            record = run_in_subprocess(header, cls, params, cls.timeout_s, artifacts)
         append_record(path, record)
         if on_record:
             on_record(record)

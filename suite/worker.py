@@ -64,7 +64,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     result["threads"] = _pin_threads_and_seed(threads, budget.seed)
     importlib.import_module(job["module"])
     cls = registry.get(job["scenario"])
-    ctx = RunContext(params=job["params"], budget=budget, profile=job["profile"], seed=budget.seed)
+    ctx = RunContext(params=job["params"], budget=budget, profile=job["profile"], seed=budget.seed,
+                     artifact_root=Path(job["artifacts"]))
     instance = cls()
     metrics: list[Metric] = []
     found: list[Check] = []

@@ -95,3 +95,28 @@ def test_env_prints_the_fingerprint() -> None:
     assert result.returncode == 0
     env = json.loads(result.stdout)
     assert env["cpu_cores"] >= 1 and "torch_intra_op" in env["threads"]
+
+
+def test_unknown_tracker_is_a_one_line_error(tmp_path: Path) -> None:
+    one_line_error(mlsuite("run", "--only", "train.baseline", "--track", "nosuchtool", "--out", str(tmp_path)),
+                   "--track nosuchtool: no such sink")
+
+
+@pytest.mark.slow
+def test_run_logs_each_record_to_the_tracker(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    result = mlsuite("--packages", "tests.planted,reference", "run", "--only", "planted.ok", "--track", "tensorboard",
+                     "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    runs = sorted(p.name for p in (tmp_path / "tracking" / "tensorboard").iterdir())
+    assert len(runs) == 2 and all(name.startswith("planted.ok-") for name in runs)
+
+
+def test_report_links_artifacts_written_under_results(tmp_path: Path) -> None:
+    from suite.report import artifact_links
+
+    plot = tmp_path / "artifacts" / "run" / "fam.tech" / "h" / "curve.png"
+    plot.parent.mkdir(parents=True)
+    plot.write_bytes(b"png")
+    inside = record(timings(0.01, 1)).model_copy(update={"provenance": {"artifacts": [str(plot), "/elsewhere/x.png"]}})
+    assert artifact_links(inside, tmp_path) == [("curve.png", "artifacts/run/fam.tech/h/curve.png")]
