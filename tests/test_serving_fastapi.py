@@ -1,0 +1,342 @@
+"""The FastAPI reference server: a real uvicorn process passes every conformance check,
+and servers built with a planted bug (noisy model, cross-talking batcher, batch-dependent
+model, wrong feature count, a counter of batches) make each check fail. Also: loopback
+binding, PNG upload, load shedding, LRU versions, warm-up, graceful drain, and a
+schemathesis fuzz of the OpenAPI schema with zero 5xx."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+pytest.importorskip("httpx")
+pytest.importorskip("sklearn")
+
+import httpx  # noqa: E402
+
+from reference.serving import conformance, deployments, images, models  # noqa: E402
+from reference.serving.app import Settings, create_app  # noqa: E402
+from reference.serving.batching import DynamicBatcher  # noqa: E402
+from reference.serving.process import free_port  # noqa: E402
+from suite import loadgen  # noqa: E402
+
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
+ROWS = models.digits_rows(48)
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three versions of the tiny model, one per format."""
+    root = tmp_path_factory.mktemp("models")
+    for version, fmt in (("1", "torchscript"), ("2", "onnx"), ("3", "state_dict")):
+        models.save_version(models.build("tiny", seed=int(version)), root / version, fmt)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference_model() -> models.DigitsMLP:
+    return models.build("tiny", seed=1)
+
+
+@pytest.fixture(scope="module")
+def live(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[deployments.Deployment]:
+    """The reference server as deployed: a uvicorn process, dynamic batching on."""
+    deployment = deployments.start_fastapi(model_root / "1", tmp_path_factory.mktemp("live"), batching=True,
+                                           max_batch_size=8, max_queue_delay_ms=5.0, threads=1)
+    yield deployment
+    deployment.stop()
+    assert not deployment.process.running
+
+
+class ThreadedServer:
+    """An app built in the test (with a planted part) served by uvicorn in a thread."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "threaded server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def predict(self) -> loadgen.HttpJsonAdapter:
+        return loadgen.HttpJsonAdapter(self.url("/predict"), to_json=lambda row: {"inputs": np.asarray(row).tolist()})
+
+    def batch(self) -> loadgen.HttpJsonAdapter:
+        return loadgen.HttpJsonAdapter(self.url("/predict-batch"),
+                                       to_json=lambda rows: {"inputs": np.asarray(rows).tolist()})
+
+
+def serve(model_root: Path, **overrides: Any) -> ThreadedServer:
+    make = {k: overrides.pop(k) for k in ("load", "make_batcher") if k in overrides}
+    settings = Settings(model_root=model_root, **{"max_batch_size": 8, "max_queue_delay_ms": 5.0, **overrides})
+    return ThreadedServer(create_app(settings, **make))
+
+
+def expected(model: models.DigitsMLP, rows: np.ndarray = ROWS) -> tuple[np.ndarray, np.ndarray]:
+    return models.golden(model, rows), models.eager(model, rows)
+
+
+# --------------------------------------------------------------------------- the real process
+
+
+def test_outputs_match_the_eager_model(live: deployments.Deployment, reference_model: models.DigitsMLP) -> None:
+    check = conformance.outputs_match_eager(live.predict, ROWS, *expected(reference_model))
+    assert check.passed, check
+
+
+def test_concurrent_callers_get_their_own_results(live: deployments.Deployment,
+                                                  reference_model: models.DigitsMLP) -> None:
+    before = deployments.counter_total(live.scrape(), "mlsuite_batches_total")
+    check = conformance.no_crosstalk(live.predict, ROWS, expected(reference_model)[0], concurrency=24)
+    batches = deployments.counter_total(live.scrape(), "mlsuite_batches_total") - before
+    assert check.passed, check
+    assert batches < len(ROWS)  # the batcher really merged requests
+
+
+def test_predict_batch_equals_individual_predicts(live: deployments.Deployment) -> None:
+    assert live.batch is not None
+    check = conformance.batch_equals_individual(live.batch, live.predict, ROWS[:16])
+    assert check.passed, check
+
+
+def test_bad_input_gets_4xx_and_the_server_keeps_serving(live: deployments.Deployment) -> None:
+    check = conformance.bad_input_rejected(live.bad_cases, conformance.http_sender(live.auth),
+                                           conformance.adapter_probe(live.predict, ROWS[0]))
+    assert check.passed, check.detail
+    for case, status in (("oversized payload", 413), ("wrong content type", 415), ("malformed JSON", 422),
+                         ("unknown version", 404), ("non-image upload", 415)):
+        assert f"{case}: {status}" in check.detail
+
+
+def test_prometheus_counter_equals_client_count(live: deployments.Deployment) -> None:
+    check = conformance.metrics_match_client(live.predict, ROWS, live.requests_counted, requests=120)
+    assert check.passed, check
+
+
+def test_binds_loopback_only(live: deployments.Deployment) -> None:
+    port = int(live.base_url.rsplit(":", 1)[1])
+    listening = [line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                 if line.split()[3] == "0A"]  # state LISTEN
+    assert f"0100007F:{port:04X}" in listening
+
+
+def test_png_upload_is_served_as_its_pixels(live: deployments.Deployment, reference_model: models.DigitsMLP) -> None:
+    png = images.row_to_png(ROWS[5])
+    base = live.base_url
+    response = httpx.post(f"{base}/predict-image", files={"file": ("five.png", png, "image/png")})
+    assert response.status_code == 200, response.text
+    want = models.golden(reference_model, images.png_to_row(png)[None, :])[0]
+    assert np.allclose(response.json()["outputs"], want, rtol=1e-5, atol=1e-6)
+
+
+def fuzz_for_5xx(base: str, max_examples: int = 25) -> tuple[int, int, list[str]]:
+    """Every operation of the server's own OpenAPI schema, fuzzed with schema-valid data
+    and (for the POSTs) schema-invalid data; returns operations, calls and the 5xx seen."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.generation import GenerationMode
+
+    schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+    server_errors: list[str] = []
+    calls = 0
+    operations = [result.ok() for result in schema.get_all_operations()]
+    posts = [op for op in operations if op.method.upper() == "POST"]
+    plans = [(op, GenerationMode.POSITIVE) for op in operations] + [(op, GenerationMode.NEGATIVE) for op in posts]
+    for operation, mode in plans:
+
+        @settings(max_examples=max_examples, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy(mode))
+        def fuzz(case: Any) -> None:
+            nonlocal calls
+            response = case.call(base_url=base)
+            calls += 1
+            if response.status_code >= 500:
+                server_errors.append(f"{case.method} {case.path}: {response.status_code} {response.text[:200]}")
+
+        fuzz()
+    return len(operations), calls, server_errors
+
+
+def test_schemathesis_fuzz_finds_no_5xx(live: deployments.Deployment) -> None:
+    pytest.importorskip("schemathesis")
+    operations, calls, server_errors = fuzz_for_5xx(live.base_url)
+    assert operations == 6 and calls >= 100
+    assert not server_errors, server_errors[:5]
+    assert loadgen.run(conformance.adapter_probe(live.predict, ROWS[0]))  # still serving
+
+
+def test_graceful_drain_finishes_in_flight_requests(model_root: Path, tmp_path: Path) -> None:
+    """SIGTERM while requests wait in the batcher: each still gets its 200, then the
+    process exits."""
+    deployment = deployments.start_fastapi(model_root / "1", tmp_path, batching=True, max_batch_size=64,
+                                           max_queue_delay_ms=2000.0, threads=1)
+    try:
+        async def in_flight() -> list[int]:
+            url = f"{deployment.base_url}/predict"
+            async with httpx.AsyncClient(timeout=30) as client:
+                sent = [asyncio.create_task(client.post(url, json={"inputs": row.tolist()})) for row in ROWS[:6]]
+                deadline = time.monotonic() + 10
+                while deployments.counter_total(deployment.scrape(), "mlsuite_pending_requests") < 6:
+                    assert time.monotonic() < deadline, "requests never reached the batcher"
+                    await asyncio.sleep(0.05)
+                assert deployment.process.process is not None
+                os.killpg(deployment.process.process.pid, signal.SIGTERM)  # all six wait for the batch
+                return [(await task).status_code for task in sent]
+
+        statuses = asyncio.run(in_flight())
+        assert statuses == [200] * 6
+        assert deployment.process.process is not None
+        deployment.process.process.wait(timeout=20)
+    finally:
+        deployment.stop()
+    assert not deployment.process.running
+
+
+# --------------------------------------------------------------------------- planted bugs
+
+
+def test_outputs_check_catches_a_wrong_model(model_root: Path, reference_model: models.DigitsMLP) -> None:
+    def noisy(directory: Path, threads: int) -> models.Predictor:
+        predictor = models.load_version(directory, threads)
+        return models.Predictor(lambda rows: predictor(rows) + 1e-3, predictor.in_features, predictor.fmt)
+
+    with serve(model_root, load=noisy) as server:
+        check = conformance.outputs_match_eager(server.predict, ROWS[:8], *expected(reference_model, ROWS[:8]))
+    assert not check.passed and check.observed is not None and check.observed > 1e-5
+
+
+class ReversingBatcher(DynamicBatcher):
+    """Planted bug: each batch's outputs go back in reverse order."""
+
+    def __init__(self, infer: Any, **kwargs: Any) -> None:
+        super().__init__(lambda rows: infer(rows)[::-1].copy(), **kwargs)
+
+
+def test_crosstalk_check_catches_a_batcher_that_mixes_results(model_root: Path,
+                                                               reference_model: models.DigitsMLP) -> None:
+    with serve(model_root, make_batcher=ReversingBatcher) as server:
+        check = conformance.no_crosstalk(server.predict, ROWS, expected(reference_model)[0], concurrency=24)
+    assert not check.passed
+    assert "callers got outputs that are not their own" in check.detail
+
+
+def test_batch_check_catches_a_batch_dependent_model(model_root: Path) -> None:
+    def normalises_over_the_batch(directory: Path, threads: int) -> models.Predictor:
+        predictor = models.load_version(directory, threads)
+        return models.Predictor(lambda rows: predictor(rows - rows.mean(axis=0) + 8.0), predictor.in_features,
+                                predictor.fmt)
+
+    with serve(model_root, load=normalises_over_the_batch, max_batch_size=1) as server:
+        check = conformance.batch_equals_individual(server.batch, server.predict, ROWS[:8])
+    assert not check.passed
+
+
+def wrong_width(directory: Path, threads: int) -> models.Predictor:
+    """Planted bug (with in_features=63 in the settings): the server's idea of the row width
+    is off by one, so bad rows reach the model and good ones are refused."""
+    predictor = models.load_version(directory, threads)
+    return models.Predictor(predictor.run, predictor.in_features - 1, predictor.fmt)
+
+
+def test_bad_input_check_catches_a_server_that_errors(model_root: Path, live: deployments.Deployment) -> None:
+    with serve(model_root, load=wrong_width, in_features=63, warmup=False) as server:  # warm-up would fail
+        cases = [deployments.BadCase(c.name, server.url("/predict"), c.body, c.content_type)
+                 for c in live.bad_cases if c.name == "wrong shape"]
+        check = conformance.bad_input_rejected(cases, conformance.http_sender({}),
+                                               conformance.adapter_probe(server.predict, ROWS[0]))
+    assert not check.passed
+    assert "wrong shape: 500" in check.detail and "stopped answering" in check.detail
+
+
+def log_preprocessing(directory: Path, threads: int) -> models.Predictor:
+    """Planted bug: a preprocessing step that crashes on negative inputs."""
+    predictor = models.load_version(directory, threads)
+
+    def run(rows: np.ndarray) -> np.ndarray:
+        if (rows < 0).any():
+            raise ValueError("math domain error")
+        return predictor(np.log1p(rows))
+
+    return models.Predictor(run, predictor.in_features, predictor.fmt)
+
+
+def test_fuzz_catches_a_server_that_errors(model_root: Path) -> None:
+    pytest.importorskip("schemathesis")
+    with serve(model_root, load=log_preprocessing) as server:
+        _, _, server_errors = fuzz_for_5xx(server.url(""), max_examples=10)
+    assert any(" 500 " in error for error in server_errors)
+
+
+def test_metrics_check_catches_a_counter_of_batches(live: deployments.Deployment) -> None:
+    def batches() -> float:
+        return deployments.counter_total(live.scrape(), "mlsuite_batches_total")
+
+    check = conformance.metrics_match_client(live.predict, ROWS, batches, requests=96, concurrency=24)
+    assert not check.passed and check.observed is not None and check.observed < 96
+
+
+# --------------------------------------------------------------------------- behaviour
+
+
+def test_full_queue_sheds_with_503_and_recovers(model_root: Path) -> None:
+    with serve(model_root, max_pending=2, max_batch_size=64, max_queue_delay_ms=1000.0) as server:
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=30) as client:
+                return list(await asyncio.gather(*(client.post(server.url("/predict"), json={"inputs": r.tolist()})
+                                                   for r in ROWS[:8])))
+
+        responses = asyncio.run(burst())
+        statuses = sorted(r.status_code for r in responses)
+        after = httpx.post(server.url("/predict"), json={"inputs": ROWS[0].tolist()}, timeout=30)
+        shed = next(r for r in responses if r.status_code == 503)
+    assert statuses == [200, 200] + [503] * 6
+    assert "overloaded" in shed.json()["detail"] and shed.headers["retry-after"] == "1"
+    assert after.status_code == 200
+
+
+def test_versions_live_in_an_lru_cache(model_root: Path) -> None:
+    with serve(model_root, cache_size=2) as server:
+        for version in ("1", "2", "3", "1"):
+            response = httpx.post(server.url("/predict"), json={"inputs": ROWS[0].tolist(), "version": version})
+            assert response.status_code == 200 and response.json()["version"] == version
+        text = httpx.get(server.url("/metrics")).text
+        ready = httpx.get(server.url("/readyz")).json()
+    assert deployments.counter_total(text, "mlsuite_model_loads_total", version="1") == 2  # evicted by 3
+    assert deployments.counter_total(text, "mlsuite_model_evictions_total") == 2
+    assert ready["versions"] == ["3", "1"]
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_warmup_runs_before_ready_only_when_asked(model_root: Path, warmup: bool) -> None:
+    with serve(model_root, warmup=warmup) as server:
+        ready = httpx.get(server.url("/readyz")).json()
+        calls = deployments.counter_total(httpx.get(server.url("/metrics")).text, "mlsuite_warmup_calls_total")
+    assert conformance.warmup_reported(ready, calls, expected=warmup).passed
+    assert not conformance.warmup_reported(ready, calls, expected=not warmup).passed  # the check can fail

@@ -1,0 +1,85 @@
+"""The serving scenarios as the runner drives them (setup, measure, check, teardown) with
+a tiny budget: the table's metrics are there with units, the checks pass, no server is
+left running, and a server that cannot start becomes `skipped` with its own error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from suite import registry
+from suite.context import RunContext
+from suite.profiles import Budget
+
+pytestmark = pytest.mark.serving
+TINY = Budget(warmup_calls=1, warmup_s=0.0, min_samples=5, max_samples=200, max_time_s=0.3)
+IDS = {"serve.fastapi", "serve.torchserve", "serve.triton", "serve.inprocess", "serve.loadgen", "serve.warmup"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def discovered() -> None:
+    registry.discover()
+
+
+def test_every_serving_scenario_is_registered_with_a_quick_profile() -> None:
+    found = {sid for sid in registry.scenarios() if sid.startswith("serve.")}
+    assert found == IDS
+    for sid in IDS:
+        assert registry.get(sid).param_grid("quick"), sid
+    quick = registry.get("serve.fastapi").param_grid("quick")
+    assert quick is not None and {p["batching"] for p in quick} == {"off", "on"}
+    assert all(p["concurrency"] == [1, 4, 16, 64] for p in quick)
+
+
+def run(scenario_id: str, **params: Any) -> tuple[registry.Scenario, RunContext, list[Any], list[Any]]:
+    cls = registry.get(scenario_id)
+    grid = {**cls.grid, **cls.profiles["quick"]}
+    resolved = {name: values[0] for name, values in grid.items()} | params
+    ctx = RunContext(params=resolved, budget=TINY, profile="quick", seed=0)
+    instance = cls()
+    instance.setup(ctx)
+    metrics = instance.measure(ctx)
+    checks = instance.check(ctx)
+    return instance, ctx, metrics, checks
+
+
+@pytest.mark.slow
+def test_inprocess_limit_runs_and_matches_eager() -> None:
+    pytest.importorskip("torch")
+    _, _, metrics, checks = run("serve.inprocess", batch=16)
+    names = {m.name: m for m in metrics}
+    assert names["throughput"].unit == "samples/s" and names["throughput"].value > 0
+    assert [c.name for c in checks] == ["inprocess.outputs_match_eager"] and checks[0].passed
+
+
+@pytest.mark.slow
+def test_fastapi_scenario_records_the_table_row_and_stops_its_server() -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("fastapi")
+    instance, ctx, metrics, checks = run("serve.fastapi", concurrency=[1, 8], open_fractions=[0.5])
+    names = {m.name: m for m in metrics}
+    for name in ("cold_start_to_ready", "first_request", "raw_throughput", "c1_throughput", "c8_latency",
+                 "c8_loadgen_capacity", "c8_stable", "open50_latency", "open50_issue_lag", "goodput",
+                 "serving_efficiency"):
+        assert name in names, name
+    assert names["cold_start_to_ready"].kind == "cold"
+    assert names["c8_latency"].unit == "s" and names["goodput"].unit == "req/s"
+    assert {c.name for c in checks} == {"serve.outputs_match_eager", "serve.batching_no_crosstalk",
+                                        "serve.batch_equals_individual", "serve.bad_input_4xx",
+                                        "serve.metrics_match_client"}
+    assert all(c.passed for c in checks), [c for c in checks if not c.passed]
+    assert instance.deployment is None  # teardown ran inside check
+    assert ctx.provenance["server"].startswith("uvicorn") and len(ctx.provenance["load_points"]) == 3
+
+
+def test_a_server_that_cannot_start_is_skipped_with_its_error(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("tritonclient")
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("MLSUITE_TRITON_VENV", str(blocker / "triton-venv"))
+    cls = registry.get("serve.triton")
+    params = {name: values[0] for name, values in {**cls.grid, **cls.profiles["quick"]}.items()}
+    with pytest.raises(registry.Skip, match="triton did not start: .*(Not a directory|File exists)"):
+        cls().setup(RunContext(params=params, budget=TINY, profile="quick", seed=0))
