@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,12 @@ COMMANDS = {"list": cmd_list, "run": cmd_run, "compare": cmd_compare, "gate": cm
             "report": cmd_report, "env": cmd_env, "migrate": cmd_migrate}
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a CI cancel, `timeout`) unwinds like Ctrl-C: workers are killed
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         args = build_parser().parse_args(argv)
         args.packages = tuple(p for p in args.packages.split(",") if p)

@@ -156,14 +156,15 @@ def restore(held: dict[str, type[Scenario]]) -> None:
 def select(pattern: str, profile: str, where: dict[str, str] | None = None
            ) -> Iterator[tuple[type[Scenario], dict[str, Any]]]:
     """Every (scenario, params) whose id matches the glob, that takes part in profile, and
-    whose params equal every `where` value (compared as text: `model=mlp`, `batch_size=64`)."""
+    whose params equal every `where` value they have (compared as text: `model=mlp`,
+    `batch_size=64`); a scenario without that param is not filtered by it."""
     matched = False
     for scenario_id, cls in scenarios().items():
         if not fnmatch.fnmatch(scenario_id, pattern):
             continue
         matched = True
         for params in cls.param_grid(profile) or []:
-            if all(str(params.get(key)) == value for key, value in (where or {}).items()):
+            if all(key not in params or str(params[key]) == value for key, value in (where or {}).items()):
                 yield cls, params
     if not matched:
         raise SuiteError(f"--only {pattern!r} matches no scenario; `mlsuite list` shows them")

@@ -63,3 +63,10 @@ def test_a_broken_family_is_reported_and_does_not_hide_the_others(empty_registry
     broken = registry.discover(("tests.planted",))
     assert broken == {"tests.planted.broken.scenarios": "ImportError: planted: this family's dependency is missing"}
     assert "planted.ok" in registry.scenarios()
+
+
+def test_where_filters_only_scenarios_that_have_the_param(empty_registry: None) -> None:
+    scenario("fam.a", grid={"model": ["mlp", "cnn"]}, profiles={"quick": {}})(type("A", (Scenario,), {}))
+    scenario("fam.b", grid={"size": [1]}, profiles={"quick": {}})(type("B", (Scenario,), {}))
+    chosen = [(cls.id, params) for cls, params in registry.select("fam.*", "quick", {"model": "cnn"})]
+    assert chosen == [("fam.a", {"model": "cnn"}), ("fam.b", {"size": 1})]

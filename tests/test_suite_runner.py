@@ -99,3 +99,27 @@ def test_resume_runs_only_what_is_missing(tmp_path: Path, empty_registry: None) 
     records = load_records(path)
     assert sorted(r.params["n"] for r in records) == [1, 2]
     assert len({r.run_id for r in records}) == 1
+
+
+def test_sigterm_stops_the_run_and_kills_the_worker(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "suite", "--packages", "tests.planted", "run",
+                                "--only", "planted.hangs", "--out", str(tmp_path)], cwd=Path(__file__).parent.parent,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    workers: list[str] = []
+    while time.monotonic() < deadline and not workers:
+        time.sleep(0.2)
+        found = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "suite.worker"], capture_output=True, text=True)
+        workers = found.stdout.split()
+    assert workers, "the worker never started"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130 and "interrupted" in stderr
+    for pid in workers:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
