@@ -40,10 +40,11 @@ class RunContext:
         """Time fn under the budget: step time and throughput metrics, plus raw times."""
         timed = timing.time_calls(fn, self.budget, self.device)
         self.provenance[f"{prefix}warmup"] = {"calls": timed.warmup_calls, "seconds": timed.warmup_s}
-        step = stats.summarize(f"{prefix}step_time", "s", False, timed.times,
-                               clock=timed.clock, overhead=timed.overhead)
+        step = stats.summarize(f"{prefix}step_time", "s", False, timed.times, clock=timed.clock,
+                               overhead=timed.overhead, calls_per_sample=timed.calls_per_sample)
         rate = stats.throughput(f"{prefix}throughput", f"{item_unit}/s", items_per_call,
                                 timed.times, clock=timed.clock)
+        rate.calls_per_sample = timed.calls_per_sample
         return [step, rate], timed.times
 
     def cold(self, name: str, fn: Callable[[], Any]) -> tuple[Metric, Any]:

@@ -99,7 +99,11 @@ def fingerprint(seed: int) -> Environment:
 
 def git_state(root: Path) -> Git:
     """Commit and dirty flag of the code under test (tracked files only: results written
-    by the run itself do not make it dirty)."""
+    by the run itself do not make it dirty). A copy of the tree without its history (as
+    shipped to a GPU host) names its commit in MLSUITE_GIT_COMMIT and MLSUITE_GIT_DIRTY=0|1."""
+    if commit := os.environ.get("MLSUITE_GIT_COMMIT"):
+        return Git(commit=commit, dirty=os.environ.get("MLSUITE_GIT_DIRTY", "1") != "0")
+
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
                               check=True, timeout=30).stdout.strip()

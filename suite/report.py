@@ -37,6 +37,8 @@ def describe_metric(metric: Metric) -> str:
         text += f" ({'; '.join(tails)})"
     if metric.kind == "cold":
         text += " (cold)"
+    if metric.calls_per_sample > 1:
+        text += f" (samples are means of {metric.calls_per_sample} calls)"
     return text
 
 

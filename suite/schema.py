@@ -51,7 +51,8 @@ class Metric(Strict):
     percentiles: list[Percentile] = Field(default_factory=list)
     kind: str = "steady"  # "steady" state, or "cold" (load, export, compile, first request)
     clock: str = "host"  # "host" (perf_counter) or "device" (CUDA events)
-    overhead: float | None = None  # measured timer overhead per sample, same unit
+    overhead: float | None = None  # measured timer overhead per call, same unit
+    calls_per_sample: int = 1  # >1: each sample is the mean of that many calls (percentiles not claimed)
 
 
 class Check(Strict):

@@ -26,10 +26,11 @@ def min_samples_for(q: float) -> int:
     return math.ceil(math.log(_FLOOR_MISS_PROBABILITY) / math.log(q / 100.0))
 
 
-def percentiles(samples: Sequence[float]) -> list[Percentile]:
+def percentiles(samples: Sequence[float], of_single_calls: bool = True) -> list[Percentile]:
+    """Claimed only above the sample-size floor, and only when each sample is one call."""
     values = np.percentile(np.asarray(samples, dtype=float), REPORTED_PERCENTILES)
     return [
-        Percentile(q=q, value=float(v), claimed=len(samples) >= min_samples_for(q),
+        Percentile(q=q, value=float(v), claimed=of_single_calls and len(samples) >= min_samples_for(q),
                    min_samples=min_samples_for(q))
         for q, v in zip(REPORTED_PERCENTILES, values)
     ]
@@ -66,6 +67,7 @@ def summarize(
     kind: str = "steady",
     clock: str = "host",
     overhead: float | None = None,
+    calls_per_sample: int = 1,
 ) -> Metric:
     """A metric from raw samples: median with bootstrap CI and flagged percentiles."""
     data = [float(s) for s in samples]
@@ -78,8 +80,8 @@ def summarize(
     return Metric(
         name=name, unit=unit, higher_is_better=higher_is_better, samples=data, n=len(data),
         value=median, median=median, ci_low=low, ci_high=high,
-        percentiles=percentiles(data) if len(data) > 1 else [],
-        kind=kind, clock=clock, overhead=overhead,
+        percentiles=percentiles(data, calls_per_sample == 1) if len(data) > 1 else [],
+        kind=kind, clock=clock, overhead=overhead, calls_per_sample=calls_per_sample,
     )
 
 

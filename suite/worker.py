@@ -53,7 +53,7 @@ def timer_overhead_check(metrics: list[Metric]) -> Check | None:
     assert smallest.overhead is not None
     return checks.at_most("harness.timer_overhead", smallest.overhead / smallest.median,
                           TIMER_OVERHEAD_LIMIT, "median timed step",
-                          f"{smallest.overhead:.3g} s per sample vs {smallest.name} "
+                          f"{smallest.overhead:.3g} s per call vs {smallest.name} "
                           f"median {smallest.median:.3g} s ({smallest.clock} clock)")
 
 
