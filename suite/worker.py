@@ -65,7 +65,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     importlib.import_module(job["module"])
     cls = registry.get(job["scenario"])
     ctx = RunContext(params=job["params"], budget=budget, profile=job["profile"], seed=budget.seed,
-                     artifact_root=Path(job["artifacts"]))
+                     artifact_root=Path(job["artifacts"]) if job.get("artifacts") else None)
     instance = cls()
     metrics: list[Metric] = []
     found: list[Check] = []

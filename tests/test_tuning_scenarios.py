@@ -34,11 +34,11 @@ def test_every_tuning_scenario_is_registered_with_a_quick_profile() -> None:
     assert all(cls.param_grid("quick") for cls in found.values())
 
 
-def run(scenario_id: str, **params) -> tuple[list, list, dict]:  # type: ignore[no-untyped-def]
+def run(scenario_id: str, artifact_root: Path | None = None, **params) -> tuple[list, list, dict]:  # type: ignore[no-untyped-def]
     registry.discover()
     cls = registry.get(scenario_id)
     resolved = {name: values[0] for name, values in {**cls.grid, **cls.profiles["quick"]}.items()} | params
-    ctx = RunContext(params=resolved, budget=FAST, profile="quick", seed=0)
+    ctx = RunContext(params=resolved, budget=FAST, profile="quick", seed=0, artifact_root=artifact_root)
     instance = cls()
     instance.setup(ctx)
     metrics = instance.measure(ctx)
@@ -46,9 +46,8 @@ def run(scenario_id: str, **params) -> tuple[list, list, dict]:  # type: ignore[
 
 
 @pytest.fixture
-def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("MLSUITE_ARTIFACTS", str(tmp_path))
-    return tmp_path
+def artifacts(tmp_path: Path) -> Path:
+    return tmp_path / "artifacts"
 
 
 @pytest.mark.parametrize("storage", ["memory", "journal"])
@@ -63,7 +62,7 @@ def test_optuna_overhead_scenario(storage: str) -> None:
 
 def test_quality_scenario_writes_its_regret_curve(artifacts: Path) -> None:
     pytest.importorskip("optuna")
-    metrics, checks, provenance = run("tune.quality", function="branin", seeds=5)
+    metrics, checks, provenance = run("tune.quality", artifacts, function="branin", seeds=5)
     assert {"tpe.regret@40", "random.regret@40"} <= {m.name for m in metrics}
     assert [c.passed for c in checks] == [True], checks
     png = Path(provenance["artifacts"][0])
@@ -72,7 +71,7 @@ def test_quality_scenario_writes_its_regret_curve(artifacts: Path) -> None:
 
 def test_pruning_scenario(artifacts: Path) -> None:
     pytest.importorskip("torch")
-    metrics, checks, provenance = run("tune.optuna.pruning", trials=6, epochs=3)
+    metrics, checks, provenance = run("tune.optuna.pruning", artifacts, trials=6, epochs=3)
     assert all(c.passed for c in checks), checks
     assert {m.name for m in metrics} >= {"epochs_saved", "bad_trials_pruned", "study_wall"}
     assert len(provenance["artifacts"]) == 3
@@ -87,7 +86,7 @@ def test_grid_sweep_scenario_runs_the_shipped_config() -> None:
 
 def test_anytime_scenario_without_ray(artifacts: Path) -> None:
     pytest.importorskip("torch")
-    metrics, checks, provenance = run("tune.anytime", methods="tpe,random", seeds=2, trials=4, epochs=2)
+    metrics, checks, provenance = run("tune.anytime", artifacts, methods="tpe,random", seeds=2, trials=4, epochs=2)
     names = {m.name for m in metrics}
     assert {"tpe.best_val_accuracy", "random.reached_target", "random.search_wall"} <= names
     assert checks == [] and Path(provenance["artifacts"][0]).exists()
