@@ -1,0 +1,28 @@
+"""pytest-benchmark front end over the same optimisation scenarios (`nox -s tests -- -m slow
+--benchmark-enable --benchmark-autosave` saves JSON under .benchmarks/)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+pytest.importorskip("onnxruntime")
+
+from benchmarks.bench_optimize import prepared_runtime  # noqa: E402
+
+RUNTIMES = ["eager.fp32", "torch_ao.dynamic.int8", "torchao.int8_weight_only", "ort.legacy.fp32",
+            "ort.qoperator.int8", "torchscript.script"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:torch.quantize_per_")
+@pytest.mark.parametrize("batch_size", [1, 64])
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_inference(benchmark, runtime: str, batch_size: int) -> None:  # type: ignore[no-untyped-def]
+    benchmark.group = f"optimize batch {batch_size}"
+    scenario = prepared_runtime(runtime)
+    scenario.step_batch_size = batch_size
+    benchmark.pedantic(scenario.step, rounds=20, warmup_rounds=2)
+    assert benchmark.stats.stats.min > 0  # the call ran and was timed
+    assert scenario.runtime.predict(scenario.workload.batch(batch_size)).shape == (batch_size, 10)
