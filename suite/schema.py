@@ -180,8 +180,8 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
 def migrate_file(path: Path) -> int:
-    """Rewrite an older results file at the current schema version (the original is kept
-    as .bak); returns how many records were upgraded."""
+    """Rewrite a results file at the current schema version (the original is kept as .bak);
+    returns how many records the file holds now."""
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     upgraded = []
     for number, line in enumerate(lines, start=1):
