@@ -15,10 +15,10 @@ if TYPE_CHECKING:  # not at run time: asv also runs this file against commits wi
 
 DEEPSPEED_STAGES = ["stage0", "stage1", "stage2", "stage2_offload", "stage3"]
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ddp": ("dist.ddp", {}),
-    "torch.zero1": ("dist.zero.torch", {}),
-    "torch.fsdp2": ("dist.fsdp2", {}),
-    **{f"deepspeed.{stage}": ("dist.zero.deepspeed", {"stage": stage}) for stage in DEEPSPEED_STAGES},
+    "ddp": ("distributed.ddp", {}),
+    "torch.zero1": ("distributed.zero.torch", {}),
+    "torch.fsdp2": ("distributed.fsdp2", {}),
+    **{f"deepspeed.{stage}": ("distributed.zero.deepspeed", {"stage": stage}) for stage in DEEPSPEED_STAGES},
 }
 
 

@@ -20,7 +20,7 @@ class DriftTest:
     timeout = 900
 
     def setup(self, features: int, rows: int) -> None:
-        self.scenario = prepared("monitor.drift", features=features, rows=rows, drifted=0.1)
+        self.scenario = prepared("monitoring.drift", features=features, rows=rows, drifted=0.1)
 
     def time_vectorised(self, features: int, rows: int) -> None:
         self.scenario.step()
@@ -103,9 +103,9 @@ class MonitorOverhead:
 
     def setup(self, monitor: str) -> None:
         if monitor == "performance":
-            self.scenario = prepared("monitor.performance")
+            self.scenario = prepared("monitoring.performance")
         else:
-            self.scenario = prepared("monitor.prometheus", mode="instrumentation")
+            self.scenario = prepared("monitoring.prometheus", mode="instrumentation")
 
     def time_batch(self, monitor: str) -> None:
         self.scenario.step()

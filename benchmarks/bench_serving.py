@@ -1,6 +1,6 @@
 """asv benchmarks for serving (the scenarios of reference/serving): the in-process limit
 and one request at concurrency 1 through each real server. Load sweeps, goodput and
-serving efficiency are in the `serve.*` records of `mlsuite run`."""
+serving efficiency are in the `serving.*` records of `mlsuite run`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class ServingInProcess:
     param_names = ["format", "batch"]
 
     def setup(self, fmt: str, batch: int) -> None:
-        self.scenario = prepared("serve.inprocess", format=fmt, batch=batch)
+        self.scenario = prepared("serving.inprocess", format=fmt, batch=batch)
 
     def time_step(self, fmt: str, batch: int) -> None:
         self.scenario.step()
@@ -26,7 +26,7 @@ class ServingInProcess:
 class ServingRequest:
     """One request at concurrency 1, over a kept-open connection, through a real server."""
 
-    params = (["serve.fastapi", "serve.torchserve", "serve.triton"], ["off", "on"])
+    params = (["serving.fastapi", "serving.torchserve", "serving.triton"], ["off", "on"])
     param_names = ["server", "batching"]
     timeout = 300
     number = 20

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from .common import prepared
 
-POINTS = {"mlflow-sync": ("track.mlflow", {"synchronous": True}),
-          "mlflow-async": ("track.mlflow", {"synchronous": False}),
-          "tensorboard": ("track.tensorboard", {}), "wandb": ("track.wandb", {})}
+POINTS = {"mlflow-sync": ("tracking.mlflow", {"synchronous": True}),
+          "mlflow-async": ("tracking.mlflow", {"synchronous": False}),
+          "tensorboard": ("tracking.tensorboard", {}), "wandb": ("tracking.wandb", {})}
 
 
 class LogStep:

@@ -10,14 +10,14 @@ MODELS = ["mlp", "cnn", "transformer"]
 class TrainingStep:
     """One optimiser step of each technique at the quick profile's batch size."""
 
-    params = (["train.baseline", "train.amp", "train.accumulation"], MODELS)
+    params = (["training.baseline", "training.amp", "training.accumulation"], MODELS)
     param_names = ["scenario", "model"]
 
     def setup(self, scenario_id: str, model: str) -> None:
         import torch
 
         torch.set_num_threads(2)
-        extra = {"dtype": "bf16"} if scenario_id == "train.amp" else {}
+        extra = {"dtype": "bf16"} if scenario_id == "training.amp" else {}
         self.scenario = prepared(scenario_id, model=model, **extra)
 
     def time_step(self, scenario_id: str, model: str) -> None:

@@ -12,7 +12,7 @@ class OptunaTrial:
     param_names = ["storage", "sampler"]
 
     def setup(self, storage: str, sampler: str) -> None:
-        self.scenario = prepared("tune.optuna", storage=storage, sampler=sampler)
+        self.scenario = prepared("tuning.optuna", storage=storage, sampler=sampler)
 
     def time_trial(self, storage: str, sampler: str) -> None:
         self.scenario.step()

@@ -37,7 +37,7 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("run", help="run scenarios, appending records to a results file")
     p.add_argument("--profile", default="quick", choices=["quick", "full", "gpu"])
-    p.add_argument("--only", default="*", help="glob over scenario ids, e.g. 'train.*'")
+    p.add_argument("--only", default="*", help="glob over scenario ids, e.g. 'training.*'")
     p.add_argument("--out", type=Path, default=Path("results"))
     p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                    help="only grid points with this parameter value, e.g. model=mlp (repeatable)")

@@ -28,6 +28,14 @@ class Timed:
     calls_per_sample: int
     warmup_calls: int
     warmup_s: float
+    cpu_times: list[float] | None = None  # process CPU seconds per call beside each host sample
+    first_s: float | None = None  # the contender's first call (cold), when asked for
+
+
+# A contender hands out samples: `run(n)` performs n more timed units and returns their
+# seconds. In-process callables get one from `clocked`; a contender that times itself
+# elsewhere (ranks of a distributed job, a server under load) passes its own.
+SampleSource = Callable[[int], list[float]]
 
 
 def _noop() -> None:
@@ -49,24 +57,11 @@ def _enough(n: int, started: float, budget: Budget) -> bool:
     return n >= budget.min_samples and time.perf_counter() - started >= budget.max_time_s
 
 
-def _host_samples(fn: Callable[[], Any], budget: Budget, calls: int = 1) -> list[float]:
-    clock = time.perf_counter
-    times: list[float] = []
-    started = clock()
-    while not _enough(len(times), started, budget):
-        t0 = clock()
-        for _ in range(calls):
-            fn()
-        times.append((clock() - t0) / calls)
-    return times
-
-
-def _device_samples(fn: Callable[[], Any], budget: Budget, calls: int = 1) -> list[float]:
+def _device_samples(fn: Callable[[], Any], n: int, calls: int = 1) -> list[float]:
     import torch
 
     pairs: list[tuple[Any, Any]] = []
-    started = time.perf_counter()
-    while not _enough(len(pairs), started, budget):
+    while len(pairs) < n:
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin.record()
         for _ in range(calls):
@@ -99,9 +94,8 @@ def timer_overhead(clock: str) -> float:
     """Median cost the clock adds to one sample, in seconds."""
     if clock == "device":
         return _event_record_cost()
-    budget = Budget(warmup_calls=100, warmup_s=0.0, min_samples=_OVERHEAD_CALLS,
-                    max_samples=_OVERHEAD_CALLS, max_time_s=60.0)
-    times = sorted(_host_samples(_noop, budget))
+    _host_pairs(_noop, 100, 1)
+    times = sorted(_host_pairs(_noop, _OVERHEAD_CALLS, 1)[0])
     return times[len(times) // 2]
 
 
@@ -125,20 +119,7 @@ def _calls_per_sample(fn: Callable[[], Any], overhead: float, sync: Callable[[],
 
 def time_calls(fn: Callable[[], Any], budget: Budget, device: str = "cpu") -> Timed:
     """Warm fn up, then time it call by call within the budget."""
-    on_cuda = device.startswith("cuda")
-    if on_cuda:
-        import torch
-
-        sync: Callable[[], None] = torch.cuda.synchronize
-    else:
-        sync = _noop
-    warm_calls, warm_s = _warm_up(fn, budget, sync)
-    clock = "device" if on_cuda else "host"
-    overhead = timer_overhead(clock)
-    calls = _calls_per_sample(fn, overhead, sync)
-    times = (_device_samples if on_cuda else _host_samples)(fn, budget, calls)
-    return Timed(times=times, clock=clock, overhead=overhead / calls, calls_per_sample=calls,
-                 warmup_calls=warm_calls, warmup_s=warm_s)
+    return time_interleaved({"": fn}, budget, device)[""]
 
 
 def time_once(fn: Callable[[], Any], device: str = "cpu") -> tuple[float, Any]:
@@ -154,3 +135,92 @@ def time_once(fn: Callable[[], Any], device: str = "cpu") -> tuple[float, Any]:
         start = time.perf_counter()
         result = fn()
     return time.perf_counter() - start, result
+
+
+@dataclass
+class _Clocked:
+    """An in-process callable as a SampleSource on the harness's clock, keeping the CPU
+    time of each host sample beside its wall time."""
+
+    fn: Callable[[], Any]
+    device: str
+    calls: int = 1
+    cpu_times: list[float] | None = None
+
+    def __call__(self, n: int) -> list[float]:
+        if self.device.startswith("cuda"):
+            return _device_samples(self.fn, n, self.calls)
+        times, cpu = _host_pairs(self.fn, n, self.calls)
+        self.cpu_times = (self.cpu_times or []) + cpu
+        return times
+
+
+def _host_pairs(fn: Callable[[], Any], n: int, calls: int) -> tuple[list[float], list[float]]:
+    wall, cpu = time.perf_counter, time.process_time
+    times, cpu_times = [], []
+    for _ in range(n):
+        t0, c0 = wall(), cpu()
+        for _ in range(calls):
+            fn()
+        c1, t1 = cpu(), wall()
+        times.append((t1 - t0) / calls)
+        cpu_times.append((c1 - c0) / calls)
+    return times, cpu_times
+
+
+INTERLEAVE_CHUNK = 5  # samples per contender per turn: small enough to share every stretch of time
+
+
+def _next_chunk(have: int, budget: Budget) -> int:
+    """Never past min_samples while below it, never past max_samples."""
+    limit = budget.min_samples if have < budget.min_samples else budget.max_samples
+    return min(INTERLEAVE_CHUNK, limit - have)
+
+
+def time_interleaved(contenders: dict[str, Callable[[], Any] | SampleSource], budget: Budget,
+                     device: str = "cpu", *, self_timed: bool = False, first_call: bool = False
+                     ) -> dict[str, Timed]:
+    """Time several contenders side by side: each warmed up by count and time, then
+    sampled a few at a time in turn until every one has enough under the budget's rules.
+    Ratios between contenders (a speedup, an overhead) are then measured in the same
+    stretch of time, so load that drifts on a shared host does not skew them.
+
+    `contenders` are zero-argument callables timed on the harness's clock, or, with
+    `self_timed`, SampleSources that time themselves (`run(n) -> n seconds`).
+    `first_call` keeps each contender's first call apart as its cold time."""
+    on_cuda = device.startswith("cuda")
+    sync: Callable[[], None] = _noop
+    if on_cuda:
+        import torch
+
+        sync = torch.cuda.synchronize
+    clock = "host" if self_timed or not on_cuda else "device"
+    overhead = timer_overhead("host" if self_timed else clock)
+    sources: dict[str, SampleSource] = {}
+    calls: dict[str, int] = {}
+    firsts: dict[str, float | None] = {}
+    warm: dict[str, tuple[int, float]] = {}
+    for name, contender in contenders.items():
+        if self_timed:
+            source: SampleSource = contender  # type: ignore[assignment]
+            firsts[name] = source(1)[0] if first_call else None
+            warm[name] = _warm_up(lambda s=source: s(1), budget, _noop)
+            calls[name] = 1
+        else:
+            fn: Callable[[], Any] = contender  # type: ignore[assignment]
+            firsts[name] = time_once(fn, device)[0] if first_call else None
+            warm[name] = _warm_up(fn, budget, sync)
+            calls[name] = _calls_per_sample(fn, overhead, sync)
+            source = _Clocked(fn, device, calls[name])
+        sources[name] = source
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    started = time.perf_counter()
+    while pending := [name for name, times in samples.items() if not _enough(len(times), started, budget)]:
+        for name in pending:
+            samples[name] += sources[name](_next_chunk(len(samples[name]), budget))
+    return {
+        name: Timed(times=samples[name], clock=clock, overhead=overhead / calls[name],
+                    calls_per_sample=calls[name], warmup_calls=warm[name][0], warmup_s=warm[name][1],
+                    cpu_times=getattr(sources[name], "cpu_times", None), first_s=firsts[name])
+        for name in contenders
+    }

@@ -13,7 +13,7 @@ from benchmarks.common import prepared  # noqa: E402
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize("scenario_id", ["dist.ddp", "dist.fsdp2"])
+@pytest.mark.parametrize("scenario_id", ["distributed.ddp", "distributed.fsdp2"])
 def test_distributed_step(benchmark, scenario_id: str) -> None:  # type: ignore[no-untyped-def]
     benchmark.group = scenario_id
     scenario = prepared(scenario_id, world_sizes=[2])

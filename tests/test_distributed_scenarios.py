@@ -13,7 +13,7 @@ from suite.context import RunContext
 from suite.profiles import Budget
 from suite.requirements import Cuda, Package, Processes
 
-IDS = ("dist.ddp", "dist.zero.torch", "dist.fsdp2", "dist.zero.deepspeed")
+IDS = ("distributed.ddp", "distributed.zero.torch", "distributed.fsdp2", "distributed.zero.deepspeed")
 TINY = Budget(warmup_calls=1, warmup_s=0.0, min_samples=3, max_samples=6, max_time_s=0.05)
 
 
@@ -35,16 +35,16 @@ def test_every_scenario_has_quick_and_gpu_profiles(scenarios) -> None:
         quick, gpu = cls.param_grid("quick"), cls.param_grid("gpu")
         assert quick and gpu
         assert {p["device"] for p in quick} == {"cpu"} and {p["device"] for p in gpu} == {"cuda"}
-    assert {p["stage"] for p in scenarios["dist.zero.deepspeed"].param_grid("full")} == {
+    assert {p["stage"] for p in scenarios["distributed.zero.deepspeed"].param_grid("full")} == {
         "stage0", "stage1", "stage2", "stage2_offload", "stage3"}
-    assert scenarios["dist.ddp"].param_grid("quick")[0]["world_sizes"] == [1, 2]  # the scaling table
+    assert scenarios["distributed.ddp"].param_grid("quick")[0]["world_sizes"] == [1, 2]  # the scaling table
 
 
 def test_requirements_ask_for_processes_on_cpu_and_gpus_on_cuda(scenarios) -> None:
     params = {"device": "cpu", "size": "small", "micro_batch": 32, "world_sizes": [1, 2], "stage": "stage3"}
-    deepspeed = scenarios["dist.zero.deepspeed"]()
+    deepspeed = scenarios["distributed.zero.deepspeed"]()
     assert Processes(2) in deepspeed.requirements(params) and Package("deepspeed") in deepspeed.requirements(params)
-    ddp_on_gpu = scenarios["dist.ddp"]().requirements({**params, "device": "cuda"})
+    ddp_on_gpu = scenarios["distributed.ddp"]().requirements({**params, "device": "cuda"})
     assert Cuda(devices=2) in ddp_on_gpu and Package("deepspeed") not in ddp_on_gpu
 
 
@@ -82,7 +82,7 @@ def run_in_process(cls: type[registry.Scenario], params: dict) -> tuple[list, li
 @pytest.mark.slow
 def test_zero_torch_scenario_measures_scaling_overhead_memory_and_checks(scenarios) -> None:
     pytest.importorskip("torch")
-    metrics, found, provenance = run_in_process(scenarios["dist.zero.torch"], {
+    metrics, found, provenance = run_in_process(scenarios["distributed.zero.torch"], {
         "device": "cpu", "size": "tiny", "micro_batch": 8, "world_sizes": [1, 2]})
     by_name = {m.name: m for m in metrics}
     for world in (1, 2):
@@ -104,7 +104,7 @@ def test_zero_torch_scenario_measures_scaling_overhead_memory_and_checks(scenari
 @pytest.mark.slow
 def test_ddp_scenario_runs_the_entry_point_checks_inside_its_job(scenarios) -> None:
     pytest.importorskip("torch")
-    metrics, found, _ = run_in_process(scenarios["dist.ddp"], {
+    metrics, found, _ = run_in_process(scenarios["distributed.ddp"], {
         "device": "cpu", "size": "tiny", "micro_batch": 8, "world_sizes": [2]})
     assert "weak_scaling_efficiency" not in {m.name for m in metrics}  # one world size: no scaling claimed
     names = {c.name for c in found}

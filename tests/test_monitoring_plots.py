@@ -27,9 +27,9 @@ def test_tables_and_figures_from_records(tmp_path) -> None:  # type: ignore[no-u
         metrics = [rate_metric(f"numeric.{name}", null.any_alarm[method], False)
                    for name, method in (("false_alarm_rate_uncorrected", "none"), ("fwer_bonferroni", "bonferroni"),
                                         ("fdr_bh", "bh"))]
-        append_record(results, record("monitor.drift.fpr", {"features": features}, metrics))
+        append_record(results, record("monitoring.drift.fpr", {"features": features}, metrics))
     points = validation.power("wine", [0.0, 1.0], [20, 40], 20, seed=0)
-    append_record(results, record("monitor.drift.power", {"dataset": "wine"},
+    append_record(results, record("monitoring.drift.power", {"dataset": "wine"},
                                   [rate_metric(f"power.window_{p.window}.shift_{p.shift:g}", p.detected, True)
                                    for p in points], {"shift": "sub-population"}))
     written = plots.main([str(results), "--out", str(tmp_path / "out")])

@@ -13,8 +13,8 @@ from suite import registry
 from suite.requirements import Binary, first_unmet
 from tests.conftest import REPO_ROOT
 
-EXPECTED = {"monitor.drift", "monitor.drift.fpr", "monitor.drift.power", "monitor.drift.multivariate",
-            "monitor.performance", "monitor.prometheus"}
+EXPECTED = {"monitoring.drift", "monitoring.drift.fpr", "monitoring.drift.power", "monitoring.drift.multivariate",
+            "monitoring.performance", "monitoring.prometheus"}
 TINY_BUDGET = {"warmup_calls": 1, "warmup_s": 0.0, "min_samples": 3, "max_samples": 5, "max_time_s": 0.01,
                "threads": 1, "seed": 0}
 
@@ -29,9 +29,9 @@ def test_every_scenario_is_registered_with_a_quick_profile() -> None:
     assert set(found) == EXPECTED
     for cls in found.values():
         assert cls.param_grid("quick"), cls.id
-    assert {p["features"] for p in found["monitor.drift"].param_grid("full")} == {500}
-    assert {p["rows"] for p in found["monitor.drift"].param_grid("full")} >= {100_000}
-    assert {p["features"] for p in found["monitor.drift.fpr"].param_grid("quick")} == {1, 10, 100, 500}
+    assert {p["features"] for p in found["monitoring.drift"].param_grid("full")} == {500}
+    assert {p["rows"] for p in found["monitoring.drift"].param_grid("full")} >= {100_000}
+    assert {p["features"] for p in found["monitoring.drift.fpr"].param_grid("quick")} == {1, 10, 100, 500}
 
 
 def test_scenarios_module_imports_nothing_heavy() -> None:
@@ -42,7 +42,7 @@ def test_scenarios_module_imports_nothing_heavy() -> None:
 
 
 def test_prometheus_modes_need_their_binaries() -> None:
-    cls = monitoring_scenarios()["monitor.prometheus"]
+    cls = monitoring_scenarios()["monitoring.prometheus"]
     assert Binary("promtool") in cls().requirements({"mode": "instrumentation", "requests": 10})
     assert Binary("prometheus") in cls().requirements({"mode": "server", "requests": 10})
 
@@ -59,7 +59,7 @@ def run_worker(tmp_path, scenario_id: str, **params) -> dict:  # type: ignore[no
 @pytest.mark.slow
 def test_drift_record_has_speedup_and_scipy_equal_pvalues(tmp_path) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("pandas")
-    result = run_worker(tmp_path, "monitor.drift", features=12, rows=3000, drifted=0.25)
+    result = run_worker(tmp_path, "monitoring.drift", features=12, rows=3000, drifted=0.25)
     assert result["status"] == "ok", result["reason"]
     names = {m["name"] for m in result["metrics"]}
     assert {"vectorised_throughput", "scipy_loop_throughput", "speedup_vs_scipy_loop",
@@ -73,7 +73,7 @@ def test_drift_record_has_speedup_and_scipy_equal_pvalues(tmp_path) -> None:  # 
 @pytest.mark.slow
 def test_fpr_record_shows_naive_inflation_next_to_corrected_rates(tmp_path) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("scipy")
-    result = run_worker(tmp_path, "monitor.drift.fpr", features=10, rows=40, repetitions=100)
+    result = run_worker(tmp_path, "monitoring.drift.fpr", features=10, rows=40, repetitions=100)
     assert result["status"] == "ok", result["reason"]
     metrics = {m["name"]: m for m in result["metrics"]}
     naive, bh = metrics["numeric.false_alarm_rate_uncorrected"], metrics["numeric.fdr_bh"]
@@ -87,7 +87,7 @@ def test_fpr_record_shows_naive_inflation_next_to_corrected_rates(tmp_path) -> N
 @pytest.mark.slow
 def test_performance_record(tmp_path) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("sklearn")
-    result = run_worker(tmp_path, "monitor.performance", predictions=3000)
+    result = run_worker(tmp_path, "monitoring.performance", predictions=3000)
     assert result["status"] == "ok", result["reason"]
     assert {"overhead_per_prediction", "window_query_step_time"} <= {m["name"] for m in result["metrics"]}
     assert {c["name"] for c in result["checks"] if c["passed"]} >= {"performance.metrics_equal_sklearn",
@@ -97,11 +97,11 @@ def test_performance_record(tmp_path) -> None:  # type: ignore[no-untyped-def]
 @pytest.mark.slow
 def test_prometheus_instrumentation_record(tmp_path) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("prometheus_client")
-    cls = monitoring_scenarios()["monitor.prometheus"]
+    cls = monitoring_scenarios()["monitoring.prometheus"]
     params = {"mode": "instrumentation", "requests": 50}
     if (reason := first_unmet(cls().requirements(params))) is not None:
         pytest.skip(reason)
-    result = run_worker(tmp_path, "monitor.prometheus", **params)
+    result = run_worker(tmp_path, "monitoring.prometheus", **params)
     assert result["status"] == "ok", result["reason"]
     names = {m["name"] for m in result["metrics"]}
     assert {"monitoring_overhead_per_prediction", "metrics_overhead_per_prediction",

@@ -15,8 +15,8 @@ from suite import registry
 from suite.requirements import first_unmet
 from tests.conftest import REPO_ROOT
 
-EXPECTED = {"opt.eager", "opt.quant.torch_ao", "opt.quant.torchao", "opt.onnx.ort", "opt.onnx.quant",
-            "opt.torchscript", "opt.compile", "opt.export", "opt.tensorrt"}
+EXPECTED = {"optimize.eager", "optimize.quant.torch_ao", "optimize.quant.torchao", "optimize.onnx.ort", "optimize.onnx.quant",
+            "optimize.torchscript", "optimize.compile", "optimize.export", "optimize.tensorrt"}
 
 
 def optimize_scenarios() -> dict[str, type[registry.Scenario]]:
@@ -34,9 +34,9 @@ def test_every_technique_is_registered_with_quick_and_the_batch_table_axes() -> 
 def test_gpu_profile_adds_cuda_eager_amp_compile_ort_cuda_and_tensorrt() -> None:
     found = optimize_scenarios()
     gpu = {sid: cls.param_grid("gpu") or [] for sid, cls in found.items()}
-    assert {p["precision"] for p in gpu["opt.eager"]} >= {"fp16", "bf16"}
-    assert all(p["device"] == "cuda" for p in gpu["opt.eager"] + gpu["opt.compile"] + gpu["opt.tensorrt"])
-    assert {p["provider"] for p in gpu["opt.onnx.ort"]} == {"cuda", "tensorrt"}
+    assert {p["precision"] for p in gpu["optimize.eager"]} >= {"fp16", "bf16"}
+    assert all(p["device"] == "cuda" for p in gpu["optimize.eager"] + gpu["optimize.compile"] + gpu["optimize.tensorrt"])
+    assert {p["provider"] for p in gpu["optimize.onnx.ort"]} == {"cuda", "tensorrt"}
 
 
 def test_scenarios_module_imports_nothing_heavy() -> None:
@@ -55,7 +55,7 @@ def test_tensorrt_is_skipped_with_its_reason_on_a_host_without_it() -> None:
     pytest.importorskip("torch")
     from suite.requirements import cuda_device_count
 
-    reason = unmet("opt.tensorrt", model="mlp", precision="fp16")
+    reason = unmet("optimize.tensorrt", model="mlp", precision="fp16")
     if reason is None:
         pytest.skip("TensorRT and CUDA are present here")
     assert "tensorrt" in reason or "CUDA" in reason
@@ -64,11 +64,11 @@ def test_tensorrt_is_skipped_with_its_reason_on_a_host_without_it() -> None:
 
 
 def test_not_applicable_combinations_say_why() -> None:
-    assert "QuantStub" in unmet("opt.quant.torch_ao", model="transformer", method="static")
-    assert unmet("opt.eager", device="cpu", precision="tf32").startswith("not applicable: TF32")
+    assert "QuantStub" in unmet("optimize.quant.torch_ao", model="transformer", method="static")
+    assert unmet("optimize.eager", device="cpu", precision="tf32").startswith("not applicable: TF32")
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
-    assert unmet("opt.quant.torch_ao", model="lstm", method="static") is None  # the quantizable LSTM
+    assert unmet("optimize.quant.torch_ao", model="lstm", method="static") is None  # the quantizable LSTM
 
 
 def test_ort_cuda_provider_needs_cuda_and_the_provider() -> None:
@@ -77,7 +77,7 @@ def test_ort_cuda_provider_needs_cuda_and_the_provider() -> None:
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this host has the CUDA EP")
-    reason = unmet("opt.onnx.ort", provider="cuda")
+    reason = unmet("optimize.onnx.ort", provider="cuda")
     assert reason is not None and ("CUDA" in reason or "CUDAExecutionProvider" in reason)
 
 
@@ -114,7 +114,7 @@ def names(result) -> set[str]:  # type: ignore[no-untyped-def]
 
 
 def test_a_quantisation_record_holds_the_whole_table_row(run) -> None:  # type: ignore[no-untyped-def]
-    result = run("opt.quant.torch_ao", model="mlp", method="static")
+    result = run("optimize.quant.torch_ao", model="mlp", method="static")
     assert result["status"] == "ok", result["reason"]
     table = {f"{kind}.b{b}" for kind in ("latency", "throughput", "first_inference") for b in (1, 8, 64)}
     table |= {"calibrate", "quantize", "model_size", "size_vs_fp32", "accuracy", "accuracy_delta"}
@@ -129,7 +129,7 @@ def test_a_quantisation_record_holds_the_whole_table_row(run) -> None:  # type: 
 
 
 def test_an_onnx_record_names_exporter_opset_and_provider(run) -> None:  # type: ignore[no-untyped-def]
-    result = run("opt.onnx.ort", model="mlp", exporter="legacy", provider="cpu", optimization="all")
+    result = run("optimize.onnx.ort", model="mlp", exporter="legacy", provider="cpu", optimization="all")
     assert result["status"] == "ok", result["reason"]
     provenance = result["provenance"]
     assert provenance["exporter"] == "legacy" and provenance["opset"] >= 17
@@ -139,14 +139,14 @@ def test_an_onnx_record_names_exporter_opset_and_provider(run) -> None:  # type:
 
 
 def test_a_failing_export_is_an_error_record_with_the_exporters_message(run) -> None:  # type: ignore[no-untyped-def]
-    result = run("opt.onnx.ort", model="transformer", exporter="legacy", provider="cpu", optimization="all")
+    result = run("optimize.onnx.ort", model="transformer", exporter="legacy", provider="cpu", optimization="all")
     assert result["status"] == "error"
     assert result["reason"].startswith("setup: ConversionError: torch.onnx.export (legacy) failed:")
     assert "_transformer_encoder_layer_fwd" in result["reason"]
 
 
 def test_torchscript_trace_record_flags_the_control_flow_pitfall(run) -> None:  # type: ignore[no-untyped-def]
-    result = run("opt.torchscript", model="mlp", mode="trace")
+    result = run("optimize.torchscript", model="mlp", mode="trace")
     assert result["status"] == "ok", result["reason"]
     flagged = next(c for c in result["checks"] if c["name"] == "torchscript.trace_pitfall_flagged")
     assert flagged["passed"] and "divergence found" in flagged["detail"]

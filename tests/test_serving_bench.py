@@ -16,16 +16,16 @@ pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 @pytest.mark.parametrize("batch", [1, 16])
 def test_inprocess_step(benchmark, batch: int) -> None:  # type: ignore[no-untyped-def]
-    benchmark.group = "serve.inprocess"
-    scenario = prepared("serve.inprocess", batch=batch)
+    benchmark.group = "serving.inprocess"
+    scenario = prepared("serving.inprocess", batch=batch)
     benchmark.pedantic(scenario.step, rounds=20, warmup_rounds=2)
     assert benchmark.stats.stats.min > 0
 
 
 @pytest.mark.parametrize("batching", ["off", "on"])
 def test_fastapi_request(benchmark, batching: str) -> None:  # type: ignore[no-untyped-def]
-    benchmark.group = "serve.fastapi"
-    scenario = prepared("serve.fastapi", batching=batching, model="small")
+    benchmark.group = "serving.fastapi"
+    scenario = prepared("serving.fastapi", batching=batching, model="small")
     try:
         benchmark.pedantic(scenario.step, rounds=30, warmup_rounds=3)
     finally:

@@ -14,7 +14,7 @@ from suite.profiles import Budget
 
 pytestmark = pytest.mark.serving
 TINY = Budget(warmup_calls=1, warmup_s=0.0, min_samples=5, max_samples=200, max_time_s=0.3)
-IDS = {"serve.fastapi", "serve.torchserve", "serve.triton", "serve.inprocess", "serve.loadgen", "serve.warmup"}
+IDS = {"serving.fastapi", "serving.torchserve", "serving.triton", "serving.inprocess", "serving.loadgen", "serving.warmup"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -23,11 +23,11 @@ def discovered() -> None:
 
 
 def test_every_serving_scenario_is_registered_with_a_quick_profile() -> None:
-    found = {sid for sid in registry.scenarios() if sid.startswith("serve.")}
+    found = {sid for sid in registry.scenarios() if sid.startswith("serving.")}
     assert found == IDS
     for sid in IDS:
         assert registry.get(sid).param_grid("quick"), sid
-    quick = registry.get("serve.fastapi").param_grid("quick")
+    quick = registry.get("serving.fastapi").param_grid("quick")
     assert quick is not None and {p["batching"] for p in quick} == {"off", "on"}
     assert all(p["concurrency"] == [1, 4, 16, 64] for p in quick)
 
@@ -47,7 +47,7 @@ def run(scenario_id: str, **params: Any) -> tuple[registry.Scenario, RunContext,
 @pytest.mark.slow
 def test_inprocess_limit_runs_and_matches_eager() -> None:
     pytest.importorskip("torch")
-    _, _, metrics, checks = run("serve.inprocess", batch=16)
+    _, _, metrics, checks = run("serving.inprocess", batch=16)
     names = {m.name: m for m in metrics}
     assert names["throughput"].unit == "samples/s" and names["throughput"].value > 0
     assert [c.name for c in checks] == ["inprocess.outputs_match_eager"] and checks[0].passed
@@ -57,7 +57,7 @@ def test_inprocess_limit_runs_and_matches_eager() -> None:
 def test_fastapi_scenario_records_the_table_row_and_stops_its_server() -> None:
     pytest.importorskip("torch")
     pytest.importorskip("fastapi")
-    instance, ctx, metrics, checks = run("serve.fastapi", concurrency=[1, 8], open_fractions=[0.5])
+    instance, ctx, metrics, checks = run("serving.fastapi", concurrency=[1, 8], open_fractions=[0.5])
     names = {m.name: m for m in metrics}
     for name in ("cold_start_to_ready", "first_request", "raw_throughput", "c1_throughput", "c8_latency",
                  "c8_loadgen_capacity", "c8_stable", "open50_latency", "open50_issue_lag", "goodput",
@@ -65,9 +65,9 @@ def test_fastapi_scenario_records_the_table_row_and_stops_its_server() -> None:
         assert name in names, name
     assert names["cold_start_to_ready"].kind == "cold"
     assert names["c8_latency"].unit == "s" and names["goodput"].unit == "req/s"
-    assert {c.name for c in checks} == {"serve.outputs_match_eager", "serve.batching_no_crosstalk",
-                                        "serve.batch_equals_individual", "serve.bad_input_4xx",
-                                        "serve.metrics_match_client"}
+    assert {c.name for c in checks} == {"serving.outputs_match_eager", "serving.batching_no_crosstalk",
+                                        "serving.batch_equals_individual", "serving.bad_input_4xx",
+                                        "serving.metrics_match_client"}
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
     assert instance.deployment is None  # teardown ran inside check
     assert ctx.provenance["server"].startswith("uvicorn") and len(ctx.provenance["load_points"]) == 3
@@ -79,7 +79,7 @@ def test_a_server_that_cannot_start_is_skipped_with_its_error(tmp_path: Any, mon
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
     monkeypatch.setenv("MLSUITE_TRITON_VENV", str(blocker / "triton-venv"))
-    cls = registry.get("serve.triton")
+    cls = registry.get("serving.triton")
     params = {name: values[0] for name, values in {**cls.grid, **cls.profiles["quick"]}.items()}
     with pytest.raises(registry.Skip, match="triton did not start: .*(Not a directory|File exists)"):
         cls().setup(RunContext(params=params, budget=TINY, profile="quick", seed=0))

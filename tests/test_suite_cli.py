@@ -31,8 +31,8 @@ def test_list_shows_registered_scenarios_as_json() -> None:
     result = mlsuite("list", "--json", "--profile", "quick")
     assert result.returncode == 0
     listing = {item["id"]: item for item in json.loads(result.stdout)}
-    assert listing["train.amp"]["grid"]["device"] == ["cpu"]
-    assert "quick" in listing["train.baseline"]["profiles"]
+    assert listing["training.amp"]["grid"]["device"] == ["cpu"]
+    assert "quick" in listing["training.baseline"]["profiles"]
 
 
 @pytest.mark.parametrize(("args", "fragment"), [
@@ -85,7 +85,7 @@ def test_report_writes_markdown_html_and_schema(tmp_path: Path) -> None:
     (tmp_path / "run.jsonl").write_text(FROZEN.read_text())
     assert main(["report", "--results", str(tmp_path)]) == 0
     readme = (tmp_path / "README.md").read_text()
-    assert "| `train.accumulation` |" in readme and "pass 3/3" in readme
+    assert "| `training.accumulation` |" in readme and "pass 3/3" in readme
     assert "data:image/png;base64," in (tmp_path / "index.html").read_text()
     assert json.loads((tmp_path / "schema.json").read_text())["title"] == "Record"
 
@@ -98,7 +98,7 @@ def test_env_prints_the_fingerprint() -> None:
 
 
 def test_unknown_tracker_is_a_one_line_error(tmp_path: Path) -> None:
-    one_line_error(mlsuite("run", "--only", "train.baseline", "--track", "nosuchtool", "--out", str(tmp_path)),
+    one_line_error(mlsuite("run", "--only", "training.baseline", "--track", "nosuchtool", "--out", str(tmp_path)),
                    "--track nosuchtool: no such sink")
 
 

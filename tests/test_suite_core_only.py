@@ -33,7 +33,7 @@ def run_blocked(code: str) -> subprocess.CompletedProcess[str]:
 def test_mlsuite_list_imports_no_heavy_package() -> None:
     result = run_blocked("from suite.cli import main; sys.exit(main(['list']))")
     assert result.returncode == 0, result.stderr
-    assert "train.baseline" in result.stdout
+    assert "training.baseline" in result.stdout
     assert "failed to import" not in result.stderr, result.stderr
 
 

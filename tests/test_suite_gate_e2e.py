@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
 REPO = Path(__file__).resolve().parent.parent
-SELECT = ("--only", "train.baseline", "--where", "model=transformer", "--profile", "quick")
+SELECT = ("--only", "training.baseline", "--where", "model=transformer", "--profile", "quick")
 SLOWDOWN = '''
 
 _measured_train_step = train_step

@@ -56,7 +56,7 @@ def test_select_rejects_a_glob_matching_nothing(empty_registry: None) -> None:
 
 def test_discovery_finds_the_training_family(empty_registry: None) -> None:
     registry.discover()
-    assert {"train.baseline", "train.amp", "train.accumulation"} <= set(registry.scenarios())
+    assert {"training.baseline", "training.amp", "training.accumulation"} <= set(registry.scenarios())
 
 
 def test_a_broken_family_is_reported_and_does_not_hide_the_others(empty_registry: None) -> None:

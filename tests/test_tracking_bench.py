@@ -8,8 +8,8 @@ pytest.importorskip("torch")
 
 from benchmarks.common import prepared  # noqa: E402
 
-POINTS = [("track.mlflow", {"synchronous": True}), ("track.mlflow", {"synchronous": False}),
-          ("track.tensorboard", {}), ("track.wandb", {})]
+POINTS = [("tracking.mlflow", {"synchronous": True}), ("tracking.mlflow", {"synchronous": False}),
+          ("tracking.tensorboard", {}), ("tracking.wandb", {})]
 
 
 @pytest.mark.slow

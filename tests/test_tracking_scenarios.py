@@ -15,9 +15,9 @@ FAST = PROFILES["quick"].model_copy(update={"warmup_s": 0.0, "max_time_s": 0.05,
 def test_every_tracking_scenario_is_registered_with_a_quick_profile() -> None:
     registry.discover()
     found = {sid: cls for sid, cls in registry.scenarios().items() if sid.startswith("track.")}
-    assert set(found) == {"track.mlflow", "track.tensorboard", "track.wandb"}
+    assert set(found) == {"tracking.mlflow", "tracking.tensorboard", "tracking.wandb"}
     assert all(cls.param_grid("quick") for cls in found.values())
-    assert {p["synchronous"] for p in found["track.mlflow"].param_grid("quick")} == {True, False}
+    assert {p["synchronous"] for p in found["tracking.mlflow"].param_grid("quick")} == {True, False}
 
 
 def test_tensorboard_scenario_end_to_end() -> None:
@@ -25,7 +25,7 @@ def test_tensorboard_scenario_end_to_end() -> None:
     pytest.importorskip("torch")
     registry.discover()
     ctx = RunContext(params={"metrics_per_step": 10}, budget=FAST, profile="quick", seed=0)
-    scenario = registry.get("track.tensorboard")()
+    scenario = registry.get("tracking.tensorboard")()
     scenario.setup(ctx)
     metrics = {m.name: m for m in scenario.measure(ctx)}
     assert metrics["log_throughput"].unit == "values/s" and metrics["log_step_time"].n >= 5

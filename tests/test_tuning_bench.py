@@ -14,7 +14,7 @@ from benchmarks.common import prepared  # noqa: E402
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
 @pytest.mark.parametrize("storage", ["memory", "sqlite", "journal"])
 def test_optuna_trial(benchmark, storage: str, sampler: str) -> None:  # type: ignore[no-untyped-def]
-    benchmark.group = "tune.optuna"
-    scenario = prepared("tune.optuna", storage=storage, sampler=sampler)
+    benchmark.group = "tuning.optuna"
+    scenario = prepared("tuning.optuna", storage=storage, sampler=sampler)
     benchmark.pedantic(scenario.step, rounds=10, warmup_rounds=2)
     assert len(scenario.study.trials) == 12  # every round ran one trial

@@ -14,8 +14,8 @@ from suite.context import RunContext
 from suite.profiles import PROFILES
 
 HEAVY = ("torch", "optuna", "ray", "mlflow", "wandb", "tensorboard", "sklearn")
-TUNING = {"tune.optuna", "tune.optuna.pruning", "tune.optuna.workers", "tune.quality", "tune.anytime",
-          "tune.ray", "tune.sweep"}
+TUNING = {"tuning.optuna", "tuning.optuna.pruning", "tuning.optuna.workers", "tuning.quality", "tuning.anytime",
+          "tuning.ray", "tuning.sweep"}
 FAST = PROFILES["quick"].model_copy(update={"warmup_s": 0.0, "max_time_s": 0.05, "min_samples": 5})
 
 
@@ -53,7 +53,7 @@ def artifacts(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("storage", ["memory", "journal"])
 def test_optuna_overhead_scenario(storage: str) -> None:
     pytest.importorskip("optuna")
-    metrics, checks, provenance = run("tune.optuna", storage=storage, repeat_trials=8)
+    metrics, checks, provenance = run("tuning.optuna", storage=storage, repeat_trials=8)
     names = {m.name: m for m in metrics}
     assert names["trial_throughput"].unit == "trials/s" and names["trial_step_time"].n >= 5
     assert checks and all(c.passed for c in checks), checks
@@ -62,7 +62,7 @@ def test_optuna_overhead_scenario(storage: str) -> None:
 
 def test_quality_scenario_writes_its_regret_curve(artifacts: Path) -> None:
     pytest.importorskip("optuna")
-    metrics, checks, provenance = run("tune.quality", artifacts, function="branin", seeds=5)
+    metrics, checks, provenance = run("tuning.quality", artifacts, function="branin", seeds=5)
     assert {"tpe.regret@40", "random.regret@40"} <= {m.name for m in metrics}
     assert [c.passed for c in checks] == [True], checks
     png = Path(provenance["artifacts"][0])
@@ -71,7 +71,7 @@ def test_quality_scenario_writes_its_regret_curve(artifacts: Path) -> None:
 
 def test_pruning_scenario(artifacts: Path) -> None:
     pytest.importorskip("torch")
-    metrics, checks, provenance = run("tune.optuna.pruning", artifacts, trials=6, epochs=3)
+    metrics, checks, provenance = run("tuning.optuna.pruning", artifacts, trials=6, epochs=3)
     assert all(c.passed for c in checks), checks
     assert {m.name for m in metrics} >= {"epochs_saved", "bad_trials_pruned", "study_wall"}
     assert len(provenance["artifacts"]) == 3
@@ -79,16 +79,16 @@ def test_pruning_scenario(artifacts: Path) -> None:
 
 def test_grid_sweep_scenario_runs_the_shipped_config() -> None:
     pytest.importorskip("torch")
-    metrics, checks, _ = run("tune.sweep", method="grid", backend="optuna")
+    metrics, checks, _ = run("tuning.sweep", method="grid", backend="optuna")
     assert all(c.passed for c in checks) and len(checks) == 3, checks
     assert 0.5 < next(m for m in metrics if m.name == "best_val_accuracy").value <= 1.0
 
 
 def test_anytime_scenario_without_ray(artifacts: Path) -> None:
     pytest.importorskip("torch")
-    metrics, checks, provenance = run("tune.anytime", artifacts, methods="tpe,random", seeds=2, trials=4, epochs=2)
+    metrics, checks, provenance = run("tuning.anytime", artifacts, methods="tpe,random", seeds=2, trials=4, epochs=2)
     names = {m.name for m in metrics}
     assert {"tpe.best_val_accuracy", "random.reached_target", "random.search_wall"} <= names
     assert checks == [] and Path(provenance["artifacts"][0]).exists()
     with pytest.raises(ValueError, match="unknown methods"):
-        run("tune.anytime", methods="tpe,smac")
+        run("tuning.anytime", methods="tpe,smac")

@@ -227,7 +227,7 @@ class DistributedScenario(Scenario):
         self.jobs = {}
 
 
-@scenario("dist.ddp", grid=GRID, requires=(TORCH,), timeout_s=600,
+@scenario("distributed.ddp", grid=GRID, requires=(TORCH,), timeout_s=600,
           profiles={"quick": {}, "gpu": GPU})
 class DistDDP(DistributedScenario):
     """DDP at 1 and 2 processes: step time, throughput, weak/strong scaling, start-up costs;
@@ -270,12 +270,12 @@ class DistDDP(DistributedScenario):
 
 
 # The quick profile measures the sharded strategies at 2 processes only (overhead vs DDP,
-# bytes, equivalence); the scaling table at 1 and 2 processes is dist.ddp's. Each record
+# bytes, equivalence); the scaling table at 1 and 2 processes is distributed.ddp's. Each record
 # pays a launch with its imports, so this keeps the family within its CPU budget.
 SHARDED_QUICK: dict[str, list[Any]] = {"world_sizes": [[2]]}
 
 
-@scenario("dist.zero.torch", grid=GRID, requires=(TORCH,), timeout_s=600,
+@scenario("distributed.zero.torch", grid=GRID, requires=(TORCH,), timeout_s=600,
           profiles={"quick": SHARDED_QUICK, "gpu": GPU})
 class DistZeroTorch(DistributedScenario):
     """ZeroRedundancyOptimizer (ZeRO-1 in torch): overhead vs DDP, optimizer-state bytes per
@@ -285,7 +285,7 @@ class DistZeroTorch(DistributedScenario):
         return "torch.zero1"
 
 
-@scenario("dist.fsdp2", grid=GRID, requires=(TORCH,), timeout_s=600,
+@scenario("distributed.fsdp2", grid=GRID, requires=(TORCH,), timeout_s=600,
           profiles={"quick": SHARDED_QUICK, "gpu": GPU})
 class DistFSDP2(DistributedScenario):
     """FSDP2 `fully_shard` (ZeRO-3-like): overhead vs DDP, parameter and optimizer-state
@@ -295,7 +295,7 @@ class DistFSDP2(DistributedScenario):
         return "torch.fsdp2"
 
 
-@scenario("dist.zero.deepspeed", grid={**GRID, "stage": DEEPSPEED_STAGES}, requires=(TORCH, DEEPSPEED),
+@scenario("distributed.zero.deepspeed", grid={**GRID, "stage": DEEPSPEED_STAGES}, requires=(TORCH, DEEPSPEED),
           timeout_s=900, profiles={"quick": {**SHARDED_QUICK, "stage": ["stage2", "stage2_offload", "stage3"]},
                                    "gpu": GPU})
 class DistZeroDeepSpeed(DistributedScenario):

@@ -38,7 +38,7 @@ def interval(metric: Metric) -> str:
 def false_alarm_rows(records: list[Record]) -> dict[str, list[tuple[int, dict[str, Metric]]]]:
     """kind -> [(features, {correction label: metric})] sorted by features."""
     rows: dict[str, list[tuple[int, dict[str, Metric]]]] = defaultdict(list)
-    for record in newest(records, "monitor.drift.fpr"):
+    for record in newest(records, "monitoring.drift.fpr"):
         for kind in ("numeric", "categorical"):
             found = {label: m for name, label in CORRECTION_LABELS.items() if (m := record.metric(f"{kind}.{name}"))}
             if found:
@@ -67,7 +67,7 @@ def markdown(records: list[Record]) -> str:
                                                    for label in CORRECTION_LABELS.values()) + " |"
                   for features, found in rows]
         lines.append("")
-    for record in newest(records, "monitor.drift.power"):
+    for record in newest(records, "monitoring.drift.power"):
         grid = power_grid(record)
         shifts = sorted({shift for by_shift in grid.values() for shift in by_shift})
         lines += [f"## Detection rate, {record.params['dataset']} (BH, alpha 0.05)", "",
@@ -98,7 +98,7 @@ def figures(records: list[Record], out: Path) -> list[Path]:
             ax.set(xscale="log", xlabel="features tested", ylabel="P(any alarm | no drift)", title=f"{kind} features")
             ax.legend(fontsize=8)
         written.append(_save(figure, out / "false_alarms.png"))
-    for record in newest(records, "monitor.drift.power"):
+    for record in newest(records, "monitoring.drift.power"):
         figure, ax = plt.subplots(figsize=(5.5, 4))
         for window, by_shift in sorted(power_grid(record).items()):
             shifts = sorted(by_shift)

@@ -1,12 +1,12 @@
 """The monitoring techniques as suite scenarios. Imports nothing heavy at module level, so
 `mlsuite list` works with only the core installed.
 
-monitor.drift               vectorised KS vs the per-column scipy loop (speed, equal p-values)
-monitor.drift.fpr           false alarms under the null, with and without correction
-monitor.drift.power         detection rate vs shift size and window size
-monitor.drift.multivariate  MMD vs per-feature tests on a correlation-only shift
-monitor.performance         label-joined performance monitor: overhead and sklearn equality
-monitor.prometheus          instrumentation overhead + valid exposition; a real Prometheus scrape
+monitoring.drift               vectorised KS vs the per-column scipy loop (speed, equal p-values)
+monitoring.drift.fpr           false alarms under the null, with and without correction
+monitoring.drift.power         detection rate vs shift size and window size
+monitoring.drift.multivariate  MMD vs per-feature tests on a correlation-only shift
+monitoring.performance         label-joined performance monitor: overhead and sklearn equality
+monitoring.prometheus          instrumentation overhead + valid exposition; a real Prometheus scrape
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def rate_metric(name: str, rate: Any, higher_is_better: bool) -> Metric:
                   median=rate.value, ci_low=low, ci_high=high)
 
 
-@scenario("monitor.drift", grid={"features": [500], "rows": [100_000, 5_000], "drifted": [0.0, 0.1]},
+@scenario("monitoring.drift", grid={"features": [500], "rows": [100_000, 5_000], "drifted": [0.0, 0.1]},
           profiles={"quick": {"features": [40], "rows": [100_000, 2_000], "drifted": [0.1]}},
           requires=NUMERIC, timeout_s=1800)
 class DriftThroughput(Scenario):
@@ -133,7 +133,7 @@ class DriftThroughput(Scenario):
                 conformance.bh_matches_scipy(correction.adjust, self.scipy_result[1])]
 
 
-@scenario("monitor.drift.fpr", grid={"features": [1, 10, 100, 500], "rows": [200], "repetitions": [1000]},
+@scenario("monitoring.drift.fpr", grid={"features": [1, 10, 100, 500], "rows": [200], "repetitions": [1000]},
           profiles={"quick": {"rows": [100], "repetitions": [200]}}, requires=NUMERIC, timeout_s=1800)
 class DriftFalseAlarms(Scenario):
     """How often a window with no drift raises an alarm: uncorrected, Bonferroni, BH; for
@@ -191,7 +191,7 @@ POWER_DESIGN: dict[str, tuple[list[float], list[int], tuple[float, int]]] = {
 }
 
 
-@scenario("monitor.drift.power", grid={"dataset": list(POWER_DESIGN), "repetitions": [1000]},
+@scenario("monitoring.drift.power", grid={"dataset": list(POWER_DESIGN), "repetitions": [1000]},
           profiles={"quick": {"repetitions": [100]}}, requires=NUMERIC, timeout_s=1800)
 class DriftPower(Scenario):
     """Detection rate (any feature, BH) against shift size and window size."""
@@ -229,7 +229,7 @@ class DriftPower(Scenario):
                 conformance.null_calibrated(self.points, ALPHA)]
 
 
-@scenario("monitor.drift.multivariate", grid={"window": [200, 400], "repetitions": [100]},
+@scenario("monitoring.drift.multivariate", grid={"window": [200, 400], "repetitions": [100]},
           profiles={"quick": {"window": [400], "repetitions": [20]}}, requires=NUMERIC, timeout_s=1800)
 class DriftMultivariate(Scenario):
     """A correlation appears between two features while every marginal stays N(0, 1): MMD
@@ -267,7 +267,7 @@ class DriftMultivariate(Scenario):
                                 f"tests: {strongest.per_feature.value:.3f}")]
 
 
-@scenario("monitor.performance", grid={"predictions": [200_000]}, profiles={"quick": {"predictions": [20_000]}},
+@scenario("monitoring.performance", grid={"predictions": [200_000]}, profiles={"quick": {"predictions": [20_000]}},
           requires=NUMERIC, timeout_s=900)
 class PerformanceMonitoring(Scenario):
     """Label-joined monitor: cost per prediction (record + label) and per window query;
@@ -314,7 +314,7 @@ class PerformanceMonitoring(Scenario):
         return monitor_matches_sklearn(lambda: PerformanceMonitor(), self.stream, until, windows)
 
 
-@scenario("monitor.prometheus", grid={"mode": ["instrumentation", "server"], "requests": [500]},
+@scenario("monitoring.prometheus", grid={"mode": ["instrumentation", "server"], "requests": [500]},
           profiles={"quick": {"requests": [100]}}, requires=(*NUMERIC, PROMETHEUS_CLIENT), timeout_s=600)
 class PrometheusMonitoring(Scenario):
     """instrumentation: metrics + JSON log + performance monitor per prediction, the

@@ -168,7 +168,7 @@ CPU = {"size": ["small"], "device": ["cpu"]}
 QUICK = {"model": ["mlp"]}
 
 
-@scenario("opt.eager", grid={"model": MODELS, **CPU, "precision": ["fp32", "bf16"]}, requires=TORCH,
+@scenario("optimize.eager", grid={"model": MODELS, **CPU, "precision": ["fp32", "bf16"]}, requires=TORCH,
           profiles={"quick": {**QUICK, "precision": ["fp32"]},
                     "gpu": {"device": ["cuda"], "precision": ["fp32", "tf32", "fp16", "bf16"]}})
 class Eager(OptimizeScenario):
@@ -196,7 +196,7 @@ class Eager(OptimizeScenario):
                                      precision=precision, device=device, autocast=autocast)
 
 
-@scenario("opt.quant.torch_ao", grid={"model": MODELS, **CPU, "method": ["dynamic", "static"]}, requires=TORCH,
+@scenario("optimize.quant.torch_ao", grid={"model": MODELS, **CPU, "method": ["dynamic", "static"]}, requires=TORCH,
           profiles={"quick": {"model": ["mlp", "lstm"]}})
 class TorchAoQuant(OptimizeScenario):
     """torch.ao (deprecated upstream, still deployed): dynamic INT8 of Linear/LSTM, and eager
@@ -227,7 +227,7 @@ class TorchAoQuant(OptimizeScenario):
         return runtimes.torch_module(quantized, f"torch.ao {ctx.params['method']} int8", precision="int8")
 
 
-@scenario("opt.quant.torchao", grid={"model": MODELS, **CPU, "config": ["int8_dynamic", "int8_weight_only"]},
+@scenario("optimize.quant.torchao", grid={"model": MODELS, **CPU, "config": ["int8_dynamic", "int8_weight_only"]},
           requires=TORCHAO, profiles={"quick": QUICK})
 class TorchAoLibraryQuant(OptimizeScenario):
     """torchao quantize_: int8 dynamic activation + int8 weight, and int8 weight-only."""
@@ -274,7 +274,7 @@ class OnnxScenario(OptimizeScenario):
                 conformance.provider_is_requested(self.runtime.provenance)]
 
 
-@scenario("opt.onnx.ort", grid={"model": MODELS, "size": ["small"], "exporter": ["dynamo", "legacy"],
+@scenario("optimize.onnx.ort", grid={"model": MODELS, "size": ["small"], "exporter": ["dynamo", "legacy"],
                                 "provider": ["cpu"], "optimization": ["all"]},
           requires=ONNX, profiles={"quick": QUICK, "gpu": {"provider": ["cuda", "tensorrt"], "exporter": ["dynamo"]}})
 class OnnxRuntime(OnnxScenario):
@@ -295,7 +295,7 @@ class OnnxRuntime(OnnxScenario):
         return self.session(ctx, exported.path, f"onnxruntime {provider}", precision, provider)
 
 
-@scenario("opt.onnx.quant", grid={"model": MODELS, "size": ["small"], "exporter": ["dynamo"],
+@scenario("optimize.onnx.quant", grid={"model": MODELS, "size": ["small"], "exporter": ["dynamo"],
                                   "method": ["dynamic", "qdq", "qoperator"]},
           requires=ONNX, profiles={"quick": QUICK})
 class OnnxQuant(OnnxScenario):
@@ -323,7 +323,7 @@ class OnnxQuant(OnnxScenario):
         return self.exported.size_bytes
 
 
-@scenario("opt.torchscript", grid={"model": MODELS, **CPU, "mode": ["trace", "script"]}, requires=TORCH,
+@scenario("optimize.torchscript", grid={"model": MODELS, **CPU, "mode": ["trace", "script"]}, requires=TORCH,
           profiles={"quick": QUICK})
 class TorchScript(OptimizeScenario):
     """torch.jit.trace / torch.jit.script, saved and loaded back; the tracing pitfall on
@@ -351,7 +351,7 @@ class TorchScript(OptimizeScenario):
         return [conformance.trace_pitfall_flagged(torchscript.compare_with_eager, model, self.example)]
 
 
-@scenario("opt.compile", grid={"model": MODELS, **CPU, "mode": ["default"]}, requires=TORCH, timeout_s=900,
+@scenario("optimize.compile", grid={"model": MODELS, **CPU, "mode": ["default"]}, requires=TORCH, timeout_s=900,
           profiles={"quick": QUICK,
                     "gpu": {"device": ["cuda"], "mode": ["default", "reduce-overhead", "max-autotune"]}})
 class Compile(OptimizeScenario):
@@ -375,7 +375,7 @@ class Compile(OptimizeScenario):
                                      size_bytes=runtimes.state_dict_bytes(self.workload.model))
 
 
-@scenario("opt.export", grid={"model": MODELS, **CPU}, requires=TORCH,
+@scenario("optimize.export", grid={"model": MODELS, **CPU}, requires=TORCH,
           profiles={"quick": QUICK, "gpu": {"device": ["cuda"]}})
 class Export(OptimizeScenario):
     """torch.export with a dynamic batch dimension, saved as .pt2 and loaded back."""
@@ -394,7 +394,7 @@ class Export(OptimizeScenario):
         return runtimes.torch_module(loaded, "torch.export .pt2", device=device, size_bytes=size)
 
 
-@scenario("opt.tensorrt", grid={"model": MODELS, "size": ["small"], "device": ["cuda"], "precision": ["fp16", "int8"]},
+@scenario("optimize.tensorrt", grid={"model": MODELS, "size": ["small"], "device": ["cuda"], "precision": ["fp16", "int8"]},
           requires=TENSORRT, profiles={"quick": QUICK, "gpu": {}})
 class TensorRT(OptimizeScenario):
     """TensorRT 10: ONNX -> engine (FP16, or INT8 with an entropy calibrator), serialised and

@@ -48,7 +48,7 @@ def served_outputs(factory: AdapterFactory, requests: Sequence[Any], concurrency
 def outputs_match_eager(factory: AdapterFactory, rows: np.ndarray, golden: np.ndarray, eager: np.ndarray) -> Check:
     """One request per row, one at a time: the served outputs are the model's outputs."""
     served = served_outputs(factory, list(rows))
-    check = checks.close_to_golden("serve.outputs_match_eager", served, golden, TIER, baseline=eager)
+    check = checks.close_to_golden("serving.outputs_match_eager", served, golden, TIER, baseline=eager)
     check.detail += f"; {len(rows)} rows, one request each"
     return check
 
@@ -61,7 +61,7 @@ def no_crosstalk(factory: AdapterFactory, rows: np.ndarray, golden: np.ndarray, 
     worst = max(errors)
     tolerance = checks.TIERS[TIER]
     mixed = sum(e > tolerance for e in errors)
-    return Check(name="serve.batching_no_crosstalk", passed=worst <= tolerance, observed=worst,
+    return Check(name="serving.batching_no_crosstalk", passed=worst <= tolerance, observed=worst,
                  tolerance=tolerance, reference="fp64 golden of each caller's own row",
                  detail=f"{len(rows)} distinct rows at concurrency {concurrency}; {mixed} callers got "
                         f"outputs that are not their own")
@@ -73,7 +73,7 @@ def batch_equals_individual(batch: AdapterFactory, single: AdapterFactory, rows:
     apart = served_outputs(single, list(rows))
     error = checks.relative_error(together, apart)
     tolerance = checks.TIERS[TIER]
-    return Check(name="serve.batch_equals_individual", passed=error <= tolerance, observed=error,
+    return Check(name="serving.batch_equals_individual", passed=error <= tolerance, observed=error,
                  tolerance=tolerance, reference="the same rows sent as individual requests",
                  detail=f"{len(rows)} rows in one batch request vs one request each")
 
@@ -99,7 +99,7 @@ def bad_input_rejected(cases: Sequence[BadCase], send: Sender, probe: Probe) -> 
     detail = "; ".join(f"{name}: {status}" for name, status in statuses.items())
     if dead:
         detail += f"; server stopped answering after: {', '.join(dead)}"
-    return Check(name="serve.bad_input_4xx", passed=not wrong and not dead, observed=len(wrong) + len(dead),
+    return Check(name="serving.bad_input_4xx", passed=not wrong and not dead, observed=len(wrong) + len(dead),
                  tolerance=0, reference="4xx for each bad request, then a good request answered",
                  detail=detail)
 
@@ -145,7 +145,7 @@ def metrics_match_client(factory: AdapterFactory, rows: np.ndarray, count: Calla
     sent = [rows[i % len(rows)] for i in range(requests)]
     served_outputs(factory, sent, concurrency)
     delta = count() - before
-    return Check(name="serve.metrics_match_client", passed=delta == requests, observed=delta,
+    return Check(name="serving.metrics_match_client", passed=delta == requests, observed=delta,
                  tolerance=float(requests), reference="client-side count of requests sent and answered",
                  detail=f"counter delta {delta:g} for {requests} requests at concurrency {concurrency}")
 
@@ -153,7 +153,7 @@ def metrics_match_client(factory: AdapterFactory, rows: np.ndarray, count: Calla
 def warmup_reported(readiness: dict[str, Any], warmup_calls: float, expected: bool) -> Check:
     """/readyz says whether warm-up ran, and the warm-up counter agrees."""
     ran = bool(readiness.get("warmed_up")) and warmup_calls > 0
-    return checks.holds("serve.warmup_ran" if expected else "serve.no_warmup_when_off", ran == expected,
+    return checks.holds("serving.warmup_ran" if expected else "serving.no_warmup_when_off", ran == expected,
                         "server settings", f"readyz warmed_up={readiness.get('warmed_up')}, "
                                            f"warm-up model calls {warmup_calls:g}")
 

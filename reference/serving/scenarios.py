@@ -258,7 +258,7 @@ def _event_loop_name() -> str:
         return "asyncio"
 
 
-@scenario("serve.fastapi", grid={**SERVER_GRID, "format": ["torchscript", "onnx"]},
+@scenario("serving.fastapi", grid={**SERVER_GRID, "format": ["torchscript", "onnx"]},
           profiles={"quick": {**SERVER_QUICK, "format": ["torchscript"], "batching": ["off", "on"]}},
           requires=(*MODEL, *HTTP), timeout_s=600)
 class ServeFastApi(ServerScenario):
@@ -267,7 +267,7 @@ class ServeFastApi(ServerScenario):
     server = "fastapi"
 
 
-@scenario("serve.torchserve", grid=SERVER_GRID, profiles={"quick": SERVER_QUICK},
+@scenario("serving.torchserve", grid=SERVER_GRID, profiles={"quick": SERVER_QUICK},
           requires=(*MODEL, *HTTP, *TORCHSERVE), timeout_s=600)
 class ServeTorchServe(ServerScenario):
     """Real TorchServe: custom handler, .mar, loopback-only APIs, token auth, batching."""
@@ -276,7 +276,7 @@ class ServeTorchServe(ServerScenario):
     extra_requirements = TORCHSERVE
 
 
-@scenario("serve.triton", grid={**SERVER_GRID, "protocol": ["json", "grpc"]},
+@scenario("serving.triton", grid={**SERVER_GRID, "protocol": ["json", "grpc"]},
           profiles={"quick": {**SERVER_QUICK, "protocol": ["json"]}}, requires=(*MODEL, *HTTP, *TRITON),
           timeout_s=1200)
 class ServeTriton(ServerScenario):
@@ -287,7 +287,7 @@ class ServeTriton(ServerScenario):
     extra_requirements = TRITON
 
 
-@scenario("serve.inprocess", grid={"model": ["small", "large", "xlarge"], "threads": [1], "batch": [1, 16, 64],
+@scenario("serving.inprocess", grid={"model": ["small", "large", "xlarge"], "threads": [1], "batch": [1, 16, 64],
                                    "format": ["torchscript", "onnx", "state_dict"]},
           profiles={"quick": {"model": ["large"], "format": ["torchscript"], "batch": [16]}},
           requires=MODEL, timeout_s=300)
@@ -319,7 +319,7 @@ class ServeInProcess(Scenario):
                                        self.subject.golden, "fp32", baseline=self.subject.eager)]
 
 
-@scenario("serve.loadgen", grid={"tool": ["wrk", "hey"], "concurrency": [4, 16, 64], "model": ["small"],
+@scenario("serving.loadgen", grid={"tool": ["wrk", "hey"], "concurrency": [4, 16, 64], "model": ["small"],
                                  "threads": [1], "rounds": [6]},
           profiles={"quick": {"tool": ["wrk"], "concurrency": [16], "rounds": [4]}}, requires=(*MODEL, *HTTP),
           timeout_s=300)
@@ -389,7 +389,7 @@ class ServeLoadgen(Scenario):
                 conformance.loadgen_headroom(self.ours)]
 
 
-@scenario("serve.warmup", grid={"format": ["torchscript", "onnx", "state_dict"], "model": ["small"], "threads": [1]},
+@scenario("serving.warmup", grid={"format": ["torchscript", "onnx", "state_dict"], "model": ["small"], "threads": [1]},
           profiles={"quick": {"format": ["torchscript"]}}, requires=(*MODEL, *HTTP), timeout_s=300)
 class ServeWarmup(Scenario):
     """First-request latency of the reference server started without and with warm-up."""

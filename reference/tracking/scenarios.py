@@ -100,7 +100,7 @@ class TrackingScenario(Scenario):
         return found
 
 
-@scenario("track.mlflow", grid={"metrics_per_step": [1, 10], "synchronous": [True, False]},
+@scenario("tracking.mlflow", grid={"metrics_per_step": [1, 10], "synchronous": [True, False]},
           profiles={"quick": {"metrics_per_step": [10]}}, requires=(Package("mlflow"),), timeout_s=900)
 class TrackMlflow(TrackingScenario):
     """MLflow, sqlite store + explicit artifact location, synchronous or async logging."""
@@ -111,7 +111,7 @@ class TrackMlflow(TrackingScenario):
         return {"synchronous": params["synchronous"]}
 
 
-@scenario("track.tensorboard", grid={"metrics_per_step": [1, 10]}, profiles={"quick": {"metrics_per_step": [10]}},
+@scenario("tracking.tensorboard", grid={"metrics_per_step": [1, 10]}, profiles={"quick": {"metrics_per_step": [10]}},
           requires=(Package("tensorboard"),), timeout_s=600)
 class TrackTensorBoard(TrackingScenario):
     """TensorBoard SummaryWriter (double-precision scalars, hparams, graph)."""
@@ -119,7 +119,7 @@ class TrackTensorBoard(TrackingScenario):
     tool = "tensorboard"
 
 
-@scenario("track.wandb", grid={"metrics_per_step": [1, 10]}, profiles={"quick": {"metrics_per_step": [10]}},
+@scenario("tracking.wandb", grid={"metrics_per_step": [1, 10]}, profiles={"quick": {"metrics_per_step": [10]}},
           requires=(Package("wandb"),), timeout_s=600)
 class TrackWandb(TrackingScenario):
     """W&B in offline mode (no network)."""

@@ -57,7 +57,7 @@ GRID = {"model": MODELS, "size": ["small"], "batch_size": [64, 256], "device": [
 GPU = {"size": ["base"], "batch_size": [256], "device": ["cuda"]}
 
 
-@scenario("train.baseline", grid=GRID, requires=TORCH, timeout_s=900,
+@scenario("training.baseline", grid=GRID, requires=TORCH, timeout_s=900,
           profiles={"quick": {"size": ["small"], "batch_size": [64], "epochs": [10]}, "gpu": GPU})
 class TrainBaseline(TrainingScenario):
     """fp32 training loop: throughput, step time, memory, and digits eval accuracy."""
@@ -91,7 +91,7 @@ class TrainBaseline(TrainingScenario):
         return [baseline_reaches_accuracy(self.run)] if self.run is not None else []
 
 
-@scenario("train.amp", grid={**GRID, "dtype": ["bf16", "fp16"]}, requires=TORCH, timeout_s=1800,
+@scenario("training.amp", grid={**GRID, "dtype": ["bf16", "fp16"]}, requires=TORCH, timeout_s=1800,
           profiles={"quick": {"model": ["mlp"], "size": ["small"], "batch_size": [64], "epochs": [10]},
                     "gpu": GPU})
 class TrainAmp(TrainingScenario):
@@ -149,7 +149,7 @@ class TrainAmp(TrainingScenario):
         return [*found, *conformance.scaler_skips_inf_step(self.make_trainer, ctx.device)]
 
 
-@scenario("train.accumulation", grid={**GRID, "micro_batches": [2, 4, 8]}, requires=TORCH, timeout_s=900,
+@scenario("training.accumulation", grid={**GRID, "micro_batches": [2, 4, 8]}, requires=TORCH, timeout_s=900,
           profiles={"quick": {"model": ["mlp", "cnn"], "size": ["small"], "batch_size": [64], "micro_batches": [4]},
                     "gpu": {**GPU, "micro_batches": [4]}})
 class TrainAccumulation(TrainingScenario):

@@ -52,7 +52,7 @@ class WorkDir:
         return self.workdir
 
 
-@scenario("tune.optuna", grid={"storage": ["memory", "sqlite", "journal"], "sampler": ["tpe", "random"],
+@scenario("tuning.optuna", grid={"storage": ["memory", "sqlite", "journal"], "sampler": ["tpe", "random"],
                                "repeat_trials": [20]},
           profiles={"quick": {"sampler": ["tpe"]}}, requires=OPTUNA, timeout_s=600)
 class TuneOptuna(WorkDir, Scenario):
@@ -95,16 +95,16 @@ class TuneOptuna(WorkDir, Scenario):
 
         storage = ctx.params["storage"]
         first, second = self.seeded_run(ctx, storage, "first"), self.seeded_run(ctx, storage, "second")
-        found = [conformance.reproducible(f"tune.optuna.{storage}.same_seed_same_trials", first[0], second[0],
+        found = [conformance.reproducible(f"tuning.optuna.{storage}.same_seed_same_trials", first[0], second[0],
                                           first[1], second[1])]
         if storage != "memory":
             memory = self.seeded_run(ctx, "memory", "memory")
-            found.append(conformance.reproducible(f"tune.optuna.{storage}.matches_in_memory", first[0], memory[0],
+            found.append(conformance.reproducible(f"tuning.optuna.{storage}.matches_in_memory", first[0], memory[0],
                                                   first[1], memory[1]))
         return found
 
 
-@scenario("tune.optuna.pruning", grid={"pruner": ["median"], "trials": [16], "epochs": [6]},
+@scenario("tuning.optuna.pruning", grid={"pruner": ["median"], "trials": [16], "epochs": [6]},
           profiles={"quick": {"trials": [10], "epochs": [4]}}, requires=OPTUNA, timeout_s=600)
 class TuneOptunaPruning(Scenario):
     """MedianPruner on digits: half the trials are hopeless by step 2 and must be stopped
@@ -145,15 +145,15 @@ class TuneOptunaPruning(Scenario):
         p = ctx.params
         again, _ = conformance.hopeless_half_study(self.objective, p["pruner"], p["trials"], ctx.seed)
         return [
-            *conformance.pruned_bad_half("tune.optuna.pruning", self.records, self.bad,
+            *conformance.pruned_bad_half("tuning.optuna.pruning", self.records, self.bad,
                                          startup_trials=conformance.PRUNER_STARTUP,
                                          by_step=conformance.PRUNED_BY_STEP),
-            conformance.reproducible("tune.optuna.pruning.same_seed_same_trials", self.records,
+            conformance.reproducible("tuning.optuna.pruning.same_seed_same_trials", self.records,
                                      studies.trial_records(again), self.study.best_value, again.best_value),
         ]
 
 
-@scenario("tune.optuna.workers", grid={"storage": ["sqlite", "journal"], "workers": [2, 4],
+@scenario("tuning.optuna.workers", grid={"storage": ["sqlite", "journal"], "workers": [2, 4],
                                        "trials_per_worker": [8], "epochs": [3]},
           profiles={"quick": {"storage": ["sqlite"], "workers": [2], "trials_per_worker": [5]}},
           requires=OPTUNA, timeout_s=900)
@@ -189,13 +189,13 @@ class TuneOptunaWorkers(WorkDir, Scenario):
         from reference.tuning import conformance
 
         p = ctx.params
-        return conformance.shared_study_complete(f"tune.optuna.workers.{p['storage']}", self.records, self.reported,
+        return conformance.shared_study_complete(f"tuning.optuna.workers.{p['storage']}", self.records, self.reported,
                                                  p["workers"], p["trials_per_worker"])
 
 
 # digits trains 2 epochs per trial: with a short budget the hyperparameters matter, which is
 # when a model-based sampler should earn its keep (at 5 epochs most configs reach ~97%).
-@scenario("tune.quality", grid={"function": ["branin", "hartmann6", "digits"], "seeds": [10], "epochs": [2]},
+@scenario("tuning.quality", grid={"function": ["branin", "hartmann6", "digits"], "seeds": [10], "epochs": [2]},
           profiles={"quick": {"seeds": [6]}},
           requires=OPTUNA, timeout_s=1800)
 class TuneQuality(Scenario):
@@ -241,20 +241,20 @@ class TuneQuality(Scenario):
     def check(self, ctx: RunContext) -> list[Check]:
         from reference.tuning import conformance
 
-        check, delta, low, high = conformance.beats(f"tune.quality.{ctx.params['function']}.tpe_beats_random",
+        check, delta, low, high = conformance.beats(f"tuning.quality.{ctx.params['function']}.tpe_beats_random",
                                                     self.final["tpe"].tolist(), self.final["random"].tolist(),
                                                     candidate_label="tpe", baseline_label="random")
         ctx.provenance["log10_regret_delta_tpe_minus_random"] = {"mean": delta, "ci": [low, high]}
         return [check]
 
 
-@scenario("tune.anytime", grid={"methods": ["tpe,random,asha"], "seeds": [5], "trials": [24], "epochs": [3],
+@scenario("tuning.anytime", grid={"methods": ["tpe,random,asha"], "seeds": [5], "trials": [24], "epochs": [3],
                                 "target": [0.96]},
           profiles={"quick": {"methods": ["tpe,random"], "seeds": [3], "trials": [12]}}, timeout_s=1800)
 class TuneAnytime(WorkDir, Scenario):
     """Digits: best-so-far validation accuracy against wall time for TPE, random search
     and ASHA (Ray Tune), each run sequentially on one CPU so wall times compare; wall time
-    to reach a target accuracy. (Whether TPE beats random is tune.quality's claim.)"""
+    to reach a target accuracy. (Whether TPE beats random is tuning.quality's claim.)"""
 
     def requirements(self, params: dict[str, Any]) -> list[Requirement]:
         return list(RAY if "asha" in params["methods"].split(",") else OPTUNA)
@@ -322,10 +322,10 @@ class TuneAnytime(WorkDir, Scenario):
 
         if not hasattr(self, "cluster"):
             return []
-        return [conformance.nothing_left_running("tune.anytime.ray_cluster_stopped", self.cluster.reaped)]
+        return [conformance.nothing_left_running("tuning.anytime.ray_cluster_stopped", self.cluster.reaped)]
 
 
-@scenario("tune.ray", grid={"num_samples": [18], "max_t": [9], "grace_period": [1], "reduction_factor": [3],
+@scenario("tuning.ray", grid={"num_samples": [18], "max_t": [9], "grace_period": [1], "reduction_factor": [3],
                             "num_cpus": [2], "cpus_per_trial": [1], "device": ["cpu"], "gpus_per_trial": [0.0]},
           profiles={"quick": {"num_samples": [9]},
                     "gpu": {"device": ["cuda"], "gpus_per_trial": [0.5], "num_samples": [36], "num_cpus": [4]}},
@@ -372,13 +372,13 @@ class TuneRay(WorkDir, Scenario):
         from reference.tuning import conformance
 
         return [
-            *conformance.asha_stops_at_rungs("tune.ray.asha", [t.stopped_at for t in self.outcome.trials],
+            *conformance.asha_stops_at_rungs("tuning.ray.asha", [t.stopped_at for t in self.outcome.trials],
                                              self.asha.rungs(), self.asha.max_t),
-            conformance.nothing_left_running("tune.ray.cluster_stopped", self.cluster.reaped),
+            conformance.nothing_left_running("tuning.ray.cluster_stopped", self.cluster.reaped),
         ]
 
 
-@scenario("tune.sweep", grid={"method": ["random", "grid", "bayes"], "backend": ["optuna", "ray"]},
+@scenario("tuning.sweep", grid={"method": ["random", "grid", "bayes"], "backend": ["optuna", "ray"]},
           profiles={"quick": {"method": ["grid", "bayes"], "backend": ["optuna"]}}, requires=OPTUNA, timeout_s=900)
 class TuneSweep(WorkDir, Scenario):
     """A W&B sweep config (reference/tuning/sweeps/digits-<method>.yaml) run locally through
@@ -419,10 +419,10 @@ class TuneSweep(WorkDir, Scenario):
     def check(self, ctx: RunContext) -> list[Check]:
         from reference.tuning import conformance
 
-        found = conformance.sweep_conforms(f"tune.sweep.{ctx.params['method']}", self.sweep.space,
+        found = conformance.sweep_conforms(f"tuning.sweep.{ctx.params['method']}", self.sweep.space,
                                            self.sweep.method, [params for params, _ in self.run.trials],
                                            self.sweep.trial_count())
         if hasattr(self, "cluster"):
-            found.append(conformance.nothing_left_running("tune.sweep.ray_cluster_stopped", self.cluster.reaped))
+            found.append(conformance.nothing_left_running("tuning.sweep.ray_cluster_stopped", self.cluster.reaped))
         return found
 
