@@ -230,6 +230,66 @@ def test_bad_construction_is_a_clear_error() -> None:
         DriftDetector(np.array([["a", "b"]] * 30))
 
 
+def test_integer_and_tuple_column_labels_are_named_by_their_str() -> None:
+    rng = np.random.default_rng(0)
+    reference, current = rng.normal(size=(300, 3)), rng.normal(size=(300, 3))
+    current[:, 1] += 1
+    detector = DriftDetector(pd.DataFrame(reference))  # integer labels 0, 1, 2
+    assert detector.test(pd.DataFrame(current)).drifted == ["1"]
+    assert detector.test(current).drifted == ["1"]  # a plain array takes the reference's names
+    assert DriftDetector(pd.DataFrame({0: rng.integers(0, 3, 300), 1: reference[:, 0]}), categorical=[0]).schema.kinds \
+        == {"0": "categorical", "1": "numeric"}
+    tuples = pd.MultiIndex.from_tuples([("a", 1), ("a", 2), ("b", 1)])
+    assert DriftDetector(pd.DataFrame(reference, columns=tuples)).test(
+        pd.DataFrame(current, columns=tuples)).drifted == ["('a', 2)"]
+
+
+@pytest.mark.parametrize(("labels", "which", "clash"), [
+    (["a", "a", "b"], "reference", "'a'"), ([0, "0", "b"], "reference", "'0'"), (["a", "b", "b"], "current", "'b'"),
+])
+def test_duplicate_column_names_are_refused_by_name(labels: list, which: str, clash: str) -> None:
+    rng = np.random.default_rng(0)
+    good = pd.DataFrame(rng.normal(size=(50, 3)), columns=["a", "b", "c"])
+    bad = pd.DataFrame(rng.normal(size=(50, 3)), columns=labels)
+    with pytest.raises(DriftInputError, match=f"unique in the {which} window.*{clash}"):
+        DriftDetector(bad if which == "reference" else good).test(bad)
+
+
+def timestamps(year: int, rows: int = 300, seed: int = 0, tz: str | None = None) -> pd.Series:
+    offsets = pd.to_timedelta(np.random.default_rng(seed).uniform(0, 365, rows), unit="D")
+    return pd.Series(pd.Timestamp(f"{year}-01-01", tz=tz) + offsets)
+
+
+def test_dates_compare_as_epoch_seconds_so_disjoint_years_are_drift() -> None:
+    reference = pd.DataFrame({"served": timestamps(2020), "wait": pd.to_timedelta(np.arange(300) % 60, unit="min")})
+    same = pd.DataFrame({"served": timestamps(2020, seed=1), "wait": reference["wait"].sample(frac=1, random_state=0)})
+    later = reference.assign(served=timestamps(2023))  # the same offsets, 1096 days on
+    detector = DriftDetector(reference)
+    assert detector.schema.kinds == {"served": "numeric", "wait": "numeric"}
+    assert detector.test(same).verdict == "no_drift"
+    report = detector.test(later)
+    assert report.drifted == ["served"] and report.to_frame().loc["wait", "statistic"] == 0.0
+    served = report.to_frame().loc["served"]
+    assert served["statistic"] == 1.0 and served["wasserstein"] == pytest.approx(1096 * 86400, rel=1e-9)
+
+
+def test_aware_dates_compare_as_instants_and_never_with_naive_ones() -> None:
+    paris = timestamps(2021, tz="Europe/Paris")
+    detector = DriftDetector(pd.DataFrame({"t": paris}))
+    same_instants = detector.test(pd.DataFrame({"t": paris.dt.tz_convert("Asia/Tokyo")})).to_frame().loc["t"]
+    assert same_instants["statistic"] == 0.0 and same_instants["wasserstein"] == 0.0
+    with pytest.raises(DriftInputError, match=r"'t' has dtype datetime64\[ns, Europe/Paris\] \(datetime_tz\)"):
+        detector.test(pd.DataFrame({"t": paris.dt.tz_localize(None)}))
+
+
+def test_missing_dates_are_invalid_values_not_a_verdict() -> None:
+    reference = pd.DataFrame({"t": timestamps(2020)})
+    current = reference.assign(t=reference["t"].where(np.arange(300) % 10 > 0))  # every 10th is NaT
+    report = DriftDetector(reference).test(current)
+    assert report.untested == ["t"] and report.verdict == "incomplete"
+    assert "current has 30 NaN" in report.features[0].detail
+
+
 def test_arrays_work_like_frames() -> None:
     rng = np.random.default_rng(0)
     reference, current = rng.normal(size=(300, 4)), rng.normal(size=(200, 4))

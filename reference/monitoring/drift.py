@@ -12,6 +12,14 @@ a naive p < alpha per feature raises false alarms almost surely once there are m
 features. Nothing is silently "no drift": bad input raises a `DriftInputError` naming the
 column, or puts an explicit status on the feature, and a report with untested features says
 "incomplete" rather than "no_drift".
+
+Column labels: any label pandas accepts (integers from `pd.DataFrame(ndarray)`, tuples of a
+MultiIndex, ...) is used by its `str()`, which is the feature's name in the report; two labels
+with the same `str()` (duplicates, or `0` next to `"0"`) are refused, naming them.
+Dates and times: datetime64 columns (naive or time-zone aware) and timedelta64 columns are
+numeric features compared as seconds (since 1970-01-01 UTC for instants), so windows from
+years that do not overlap are drift; NaT counts as a missing value (`invalid_values`), and a
+naive column is never compared with an aware one (refused: the instants are ambiguous).
 """
 
 from __future__ import annotations
@@ -27,6 +35,10 @@ from reference.monitoring.chi2 import chi2_homogeneity
 from reference.monitoring.mmd import MMDResult, mmd_permutation_test
 
 NUMERIC, CATEGORICAL = "numeric", "categorical"
+# dtype families: how a column's values are read (a datetime is tested as a NUMERIC feature)
+DATETIME, DATETIME_TZ, TIMEDELTA = "datetime", "datetime_tz", "timedelta"
+_EPOCH = {DATETIME: pd.Timestamp(0), DATETIME_TZ: pd.Timestamp(0, tz="UTC")}
+_SECOND = pd.Timedelta(seconds=1)
 OK, CONSTANT, INVALID_VALUES = "ok", "constant", "invalid_values"
 TESTED_STATUSES = (OK, CONSTANT)
 
@@ -48,7 +60,7 @@ class FeatureResult:
     p_adjusted: float = float("nan")
     drift: bool | None = None  # None: not tested
     psi: float = float("nan")
-    wasserstein: float = float("nan")  # numeric only, in the feature's units
+    wasserstein: float = float("nan")  # numeric only, in the feature's units (seconds for dates and times)
 
     @property
     def tested(self) -> bool:
@@ -118,11 +130,11 @@ class DriftDetector:
         self.min_rows, self.psi_bins, self.seed = min_rows, psi_bins, seed
         self.multivariate = multivariate
         self.mmd_permutations, self.mmd_max_rows = mmd_permutations, mmd_max_rows
-        frame = as_frame(reference)
+        frame = _named(as_frame(reference), "reference")
         _require_rows(frame, min_rows, "reference")
-        self.schema = _infer_schema(frame, set(categorical))
+        self.schema = _infer_schema(frame, {str(c) for c in categorical})
         self.reference_rows = len(frame)
-        numeric = _numeric_array(frame, self.schema.numeric)
+        numeric = _numeric_array(frame, self.schema.numeric, self.schema)
         self._reference_numeric = numeric if multivariate else None  # MMD needs the raw rows
         self._reference_invalid = _invalid_counts(numeric)
         usable = self._reference_invalid.sum(axis=1) == 0
@@ -131,7 +143,7 @@ class DriftDetector:
         self._categories = {name: _category_counts(frame[name]) for name in self.schema.categorical}
 
     def test(self, current: pd.DataFrame | np.ndarray) -> DriftReport:
-        frame = _aligned(as_frame(current, self.schema.names), self.schema)
+        frame = _aligned(_named(as_frame(current, self.schema.names), "current"), self.schema)
         _require_rows(frame, self.min_rows, "current")
         results = {**self._numeric_results(frame), **self._categorical_results(frame)}
         features = _corrected([results[name] for name in self.schema.names], self.alpha, self.correction)
@@ -143,7 +155,7 @@ class DriftDetector:
         names = self.schema.numeric
         if not names:
             return {}
-        current = _numeric_array(frame, names)
+        current = _numeric_array(frame, names, self.schema)
         current_invalid = _invalid_counts(current)
         testable = (self._reference_invalid.sum(axis=1) == 0) & (current_invalid.sum(axis=1) == 0)
         results = {name: FeatureResult(name, NUMERIC, "ks", INVALID_VALUES,
@@ -190,7 +202,7 @@ class DriftDetector:
         columns = [i for i, name in enumerate(self.schema.numeric) if name in tested]
         if not columns:
             return None
-        current = _numeric_array(frame, [self.schema.numeric[i] for i in columns])
+        current = _numeric_array(frame, [self.schema.numeric[i] for i in columns], self.schema)
         assert self._reference_numeric is not None
         return mmd_permutation_test(self._reference_numeric[:, columns], current, permutations=self.mmd_permutations,
                                     max_rows=self.mmd_max_rows, seed=self.seed)
@@ -276,22 +288,45 @@ def as_frame(table: pd.DataFrame | np.ndarray, names: Sequence[str] | None = Non
     return pd.DataFrame(array, columns=columns, copy=False)
 
 
-def _infer_schema(frame: pd.DataFrame, categorical: set[str]) -> _Schema:
+def _named(frame: pd.DataFrame, which: str) -> pd.DataFrame:
+    """The frame with every column label replaced by its str(); labels that would collide
+    (duplicates, or 0 next to "0") are refused by name."""
     names = [str(c) for c in frame.columns]
     if len(set(names)) != len(names):
-        raise DriftInputError("column names must be unique")
+        seen: dict[str, list[object]] = {}
+        for label, name in zip(frame.columns, names):
+            seen.setdefault(name, []).append(label)
+        clashes = {name: labels for name, labels in seen.items() if len(labels) > 1}
+        raise DriftInputError(f"column names must be unique in the {which} window; these name more than one "
+                              f"column: {', '.join(f'{n!r} ({labels!r})' for n, labels in clashes.items())}")
+    if all(isinstance(c, str) for c in frame.columns):
+        return frame
+    return frame.set_axis(names, axis=1)
+
+
+def _infer_schema(frame: pd.DataFrame, categorical: set[str]) -> _Schema:
+    names = list(frame.columns)
     unknown = categorical - set(names)
     if unknown:
         raise DriftInputError(f"categorical columns {sorted(unknown)} are not in the reference")
     if not names:
         raise DriftInputError("the reference has no columns")
-    families = {name: _kind(frame[name]) for name in names}
-    kinds = {name: CATEGORICAL if name in categorical else families[name] for name in names}
+    families = {name: _family(frame[name]) for name in names}
+    kinds = {name: CATEGORICAL if name in categorical else
+             NUMERIC if families[name] in _EPOCH or families[name] == TIMEDELTA else families[name]
+             for name in names}
     return _Schema(names, kinds, families, {n: str(frame[n].dtype) for n in names},
                    [n for n in names if kinds[n] == NUMERIC], [n for n in names if kinds[n] == CATEGORICAL])
 
 
-def _kind(column: pd.Series) -> str:
+def _family(column: pd.Series) -> str:
+    """How a column's values are read: numbers, instants (naive or aware), durations, or categories."""
+    if isinstance(column.dtype, pd.DatetimeTZDtype):
+        return DATETIME_TZ
+    if pd.api.types.is_datetime64_dtype(column):
+        return DATETIME
+    if pd.api.types.is_timedelta64_dtype(column):
+        return TIMEDELTA
     if pd.api.types.is_bool_dtype(column) or not pd.api.types.is_numeric_dtype(column):
         return CATEGORICAL
     return NUMERIC
@@ -299,23 +334,31 @@ def _kind(column: pd.Series) -> str:
 
 def _aligned(frame: pd.DataFrame, schema: _Schema) -> pd.DataFrame:
     """The current window's columns in the reference's order, with matching kinds."""
-    names = [str(c) for c in frame.columns]
+    names = list(frame.columns)
     missing = [n for n in schema.names if n not in names]
     extra = [n for n in names if n not in schema.kinds]
     if missing or extra:
         raise DriftInputError(f"columns differ from the reference: missing {missing}, unexpected {extra}")
-    frame = frame.set_axis(names, axis=1)[schema.names]
+    frame = frame[schema.names]
     for name in schema.names:
-        if _kind(frame[name]) != schema.families[name]:
+        if _family(frame[name]) != schema.families[name]:
             raise DriftInputError(f"column {name!r} has dtype {schema.dtypes[name]} ({schema.families[name]}) in "
                                   f"the reference but {frame[name].dtype} in the current window")
     return frame
 
 
-def _numeric_array(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
+def _numeric_array(frame: pd.DataFrame, names: list[str], schema: _Schema) -> np.ndarray:
+    """(rows, features) float64; dates and times as seconds, NaT as NaN."""
     if not names:
         return np.empty((len(frame), 0))
-    return frame[names].to_numpy(dtype=np.float64, na_value=np.nan)
+    times = {name: _seconds(frame[name], schema.families[name]) for name in names
+             if schema.families[name] != NUMERIC}
+    return frame[names].assign(**times).to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _seconds(column: pd.Series, family: str) -> pd.Series:
+    """Instants as seconds since 1970-01-01 UTC (aware ones converted), durations as seconds."""
+    return (column - _EPOCH[family]) / _SECOND if family in _EPOCH else column / _SECOND
 
 
 def _require_rows(frame: pd.DataFrame, minimum: int, which: str) -> None:
