@@ -6,20 +6,15 @@ ranks (the suite's own records time the step inside the ranks, without it)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
-from .common import prepared
+from .common import prepared, variants
 
 if TYPE_CHECKING:  # not at run time: asv also runs this file against commits without the module
     from reference.distributed.scenarios import DistributedScenario
 
-DEEPSPEED_STAGES = ["stage0", "stage1", "stage2", "stage2_offload", "stage3"]
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ddp": ("distributed.ddp", {}),
-    "torch.zero1": ("distributed.zero.torch", {}),
-    "torch.fsdp2": ("distributed.fsdp2", {}),
-    **{f"deepspeed.{stage}": ("distributed.zero.deepspeed", {"stage": stage}) for stage in DEEPSPEED_STAGES},
-}
+# Every strategy the distributed scenarios register (every DeepSpeed stage of their grid).
+VARIANTS = variants("distributed.*", exclude=("world_sizes",))
 
 
 class DistributedStep:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import time
 
-from .common import prepared
+from .common import axis, prepared
 
-DRIFT_SIZES = ([40], [2_000, 100_000])  # features, rows per window (the suite's full profile runs 500 x 100k)
+# features, rows per window as the quick profile runs them (the full profile runs 500 x 100k)
+DRIFT_SIZES = (axis("monitoring.drift", "features", "quick"), axis("monitoring.drift", "rows", "quick"))
 
 
 class DriftTest:
@@ -53,7 +54,7 @@ class DriftTest:
 class FalseAlarms:
     """Rate of null windows with any alarm, 200 repetitions of 100-row windows."""
 
-    params = [1, 10, 100, 500]
+    params = axis("monitoring.drift.fpr", "features")
     param_names = ["features"]
     timeout = 600
 
@@ -77,7 +78,7 @@ class FalseAlarms:
 class Power:
     """Detection rate at the shift each dataset's conformance check names (BH, alpha 0.05)."""
 
-    params = ["breast_cancer", "wine", "mean", "variance", "shape"]
+    params = axis("monitoring.drift.power", "dataset")
     param_names = ["dataset"]
     timeout = 600
 

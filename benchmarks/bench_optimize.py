@@ -5,29 +5,10 @@ and the shipped artefact's size and eval accuracy. TensorRT raises NotImplemente
 
 from __future__ import annotations
 
-from typing import Any
+from .common import prepared, variants
 
-from .common import prepared
-
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "eager.fp32": ("optimize.eager", {"precision": "fp32"}),
-    "eager.bf16": ("optimize.eager", {"precision": "bf16"}),
-    "torch_ao.dynamic.int8": ("optimize.quant.torch_ao", {"method": "dynamic"}),
-    "torch_ao.static.int8": ("optimize.quant.torch_ao", {"method": "static"}),
-    "torchao.int8_dynamic": ("optimize.quant.torchao", {"config": "int8_dynamic"}),
-    "torchao.int8_weight_only": ("optimize.quant.torchao", {"config": "int8_weight_only"}),
-    "ort.dynamo.fp32": ("optimize.onnx.ort", {"exporter": "dynamo"}),
-    "ort.legacy.fp32": ("optimize.onnx.ort", {"exporter": "legacy"}),
-    "ort.dynamic.int8": ("optimize.onnx.quant", {"method": "dynamic"}),
-    "ort.qdq.int8": ("optimize.onnx.quant", {"method": "qdq"}),
-    "ort.qoperator.int8": ("optimize.onnx.quant", {"method": "qoperator"}),
-    "torchscript.trace": ("optimize.torchscript", {"mode": "trace"}),
-    "torchscript.script": ("optimize.torchscript", {"mode": "script"}),
-    "compile.inductor": ("optimize.compile", {"mode": "default"}),
-    "export.pt2": ("optimize.export", {}),
-    "tensorrt.fp16": ("optimize.tensorrt", {"precision": "fp16"}),
-    "tensorrt.int8": ("optimize.tensorrt", {"precision": "int8"}),
-}
+# Every runtime x precision the optimize scenarios register (the model is fixed to the MLP).
+VARIANTS = variants("optimize.*", exclude=("model",))
 BATCH_SIZES = [1, 8, 64]
 
 

@@ -4,13 +4,16 @@ serving efficiency are in the `serving.*` records of `mlsuite run`."""
 
 from __future__ import annotations
 
-from .common import prepared
+from .common import axis, prepared, variants
+
+# Every real server of the serving scenarios, at each batching setting of its grid.
+SERVERS = variants("serving.*", vary=("batching",))
 
 
 class ServingInProcess:
     """The served model file called in-process at a batch size (the physical limit)."""
 
-    params = (["torchscript", "onnx", "state_dict"], [1, 16, 64])
+    params = (axis("serving.inprocess", "format"), axis("serving.inprocess", "batch"))
     param_names = ["format", "batch"]
 
     def setup(self, fmt: str, batch: int) -> None:
@@ -26,21 +29,22 @@ class ServingInProcess:
 class ServingRequest:
     """One request at concurrency 1, over a kept-open connection, through a real server."""
 
-    params = (["serving.fastapi", "serving.torchserve", "serving.triton"], ["off", "on"])
-    param_names = ["server", "batching"]
+    params = list(SERVERS)
+    param_names = ["server"]
     timeout = 300
     number = 20
 
-    def setup(self, server: str, batching: str) -> None:
+    def setup(self, server: str) -> None:
         from suite.registry import Skip
 
+        scenario_id, options = SERVERS[server]
         try:
-            self.scenario = prepared(server, batching=batching)
+            self.scenario = prepared(scenario_id, **options)
         except Skip as exc:
             raise NotImplementedError(str(exc)) from None
 
-    def teardown(self, server: str, batching: str) -> None:
+    def teardown(self, server: str) -> None:
         self.scenario.teardown()  # type: ignore[attr-defined]
 
-    def time_request(self, server: str, batching: str) -> None:
+    def time_request(self, server: str) -> None:
         self.scenario.step()

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-from .common import prepared
+from .common import prepared, variants
 
-POINTS = {"mlflow-sync": ("tracking.mlflow", {"synchronous": True}),
-          "mlflow-async": ("tracking.mlflow", {"synchronous": False}),
-          "tensorboard": ("tracking.tensorboard", {}), "wandb": ("tracking.wandb", {})}
+# Every tracker and mode the tracking scenarios register, at each metrics-per-step of their grid.
+POINTS = variants("tracking.*")
 
 
 class LogStep:
-    """Logging one step of ten metrics to an open run."""
+    """Logging one step of metrics to an open run."""
 
-    params = (list(POINTS), [1, 10])
-    param_names = ["tracker", "metrics_per_step"]
+    params = list(POINTS)
+    param_names = ["point"]
     timeout = 300
 
-    def setup(self, tracker: str, metrics_per_step: int) -> None:
-        scenario_id, options = POINTS[tracker]
-        self.scenario = prepared(scenario_id, metrics_per_step=metrics_per_step, **options)
+    def setup(self, point: str) -> None:
+        scenario_id, options = POINTS[point]
+        self.scenario = prepared(scenario_id, **options)
 
-    def teardown(self, tracker: str, metrics_per_step: int) -> None:
+    def teardown(self, point: str) -> None:
         self.scenario.tracker.finish()
 
-    def time_log_step(self, tracker: str, metrics_per_step: int) -> None:
+    def time_log_step(self, point: str) -> None:
         self.scenario.step()

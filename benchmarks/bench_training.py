@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
-from .common import prepared
+from .common import axis, prepared, variants
 
-MODELS = ["mlp", "cnn", "transformer"]
+# Each technique as the quick profile runs it (every AMP dtype), on every model of the grid.
+TECHNIQUES = variants("training.*", "quick", exclude=("model",))
+MODELS = axis("training.baseline", "model")
 
 
 class TrainingStep:
     """One optimiser step of each technique at the quick profile's batch size."""
 
-    params = (["training.baseline", "training.amp", "training.accumulation"], MODELS)
-    param_names = ["scenario", "model"]
+    params = (list(TECHNIQUES), MODELS)
+    param_names = ["technique", "model"]
 
-    def setup(self, scenario_id: str, model: str) -> None:
+    def setup(self, technique: str, model: str) -> None:
         import torch
 
         torch.set_num_threads(2)
-        extra = {"dtype": "bf16"} if scenario_id == "training.amp" else {}
+        scenario_id, extra = TECHNIQUES[technique]
         self.scenario = prepared(scenario_id, model=model, **extra)
 
-    def time_step(self, scenario_id: str, model: str) -> None:
+    def time_step(self, technique: str, model: str) -> None:
         self.scenario.step()
 
-    def peakmem_step(self, scenario_id: str, model: str) -> None:
+    def peakmem_step(self, technique: str, model: str) -> None:
         self.scenario.step()
 
 

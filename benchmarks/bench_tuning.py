@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from .common import prepared
+from .common import axis, prepared
+
+STORAGES, SAMPLERS = axis("tuning.optuna", "storage"), axis("tuning.optuna", "sampler")
 
 
 class OptunaTrial:
     """One Optuna trial on Branin: what the sampler and the storage cost per trial."""
 
-    params = (["memory", "sqlite", "journal"], ["tpe", "random"])
+    params = (STORAGES, SAMPLERS)
     param_names = ["storage", "sampler"]
 
     def setup(self, storage: str, sampler: str) -> None:
@@ -25,7 +27,7 @@ class TunerQuality:
     """Final regret of TPE and random search on Branin at 40 trials (median of 5 seeds):
     a rise is a regression in the sampler, not noise in a clock."""
 
-    params = ["tpe", "random"]
+    params = SAMPLERS
     param_names = ["sampler"]
     timeout = 300
 

@@ -1,9 +1,18 @@
 """Building blocks for conformance checks: tensors against an fp64 golden run by dtype tier,
-and bounds on observed values. Each returns a `Check` that says what it compared."""
+and bounds on observed values. Each returns a `Check` that says what it compared.
+
+A check's id is its name. Each family declares every id it can emit in a `CHECK_IDS` tuple at
+the top of its conformance module; `<part>` stands for a piece filled in at run time (a
+storage, a tool). `declared_check_ids()` lists them without running or importing anything,
+so every check can be tied to the planted bug that makes it fail."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,3 +82,40 @@ def at_most(name: str, observed: float, bound: float, reference: str, detail: st
 def holds(name: str, condition: bool, reference: str, detail: str = "") -> Check:
     """A yes/no property (the bf16 path uses no scaler, say)."""
     return Check(name=name, passed=bool(condition), reference=reference, detail=detail)
+
+
+# -- check ids ---------------------------------------------------------------------------------
+
+CHECK_ID = re.compile(r"^[a-z<][a-z0-9_<>]*(\.[a-z0-9_<>]+)+$")
+PLACEHOLDER = re.compile(r"<[a-z_]+>")
+
+
+def declared_check_ids(packages: tuple[str, ...] = ("reference",), leaf: str = "conformance"
+                       ) -> dict[str, tuple[str, ...]]:
+    """{family: its CHECK_IDS} for every `<package>.<family>.<leaf>` module, read from the
+    source: conformance modules import torch, listing their checks must not."""
+    found: dict[str, tuple[str, ...]] = {}
+    for package in packages:
+        spec = importlib.util.find_spec(package)
+        for folder in spec.submodule_search_locations if spec and spec.submodule_search_locations else []:
+            for module in sorted(Path(folder).glob(f"*/{leaf}.py")):
+                found[module.parent.name] = _check_ids_in(module)
+    return found
+
+
+def _check_ids_in(module: Path) -> tuple[str, ...]:
+    for node in ast.parse(module.read_text()).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        if isinstance(target, ast.Name) and target.id == "CHECK_IDS" and node.value is not None:  # type: ignore[attr-defined]
+            ids = ast.literal_eval(node.value)  # type: ignore[attr-defined]
+            bad = [i for i in ids if not isinstance(i, str) or not CHECK_ID.match(i)]
+            if bad or len(set(ids)) != len(ids):
+                raise ValueError(f"{module}: CHECK_IDS malformed or repeated: {bad or ids}")
+            return tuple(ids)
+    raise ValueError(f"{module} declares no CHECK_IDS")
+
+
+def matches_id(name: str, check_id: str) -> bool:
+    """Whether a check's name is an instance of the id (`<part>` matches any non-empty text)."""
+    pattern = ".+".join(re.escape(piece) for piece in PLACEHOLDER.split(check_id))
+    return re.fullmatch(pattern, name) is not None

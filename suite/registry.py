@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from suite.errors import SuiteError
+from suite.profiles import PROFILES
 from suite.requirements import Requirement
 
 if TYPE_CHECKING:
@@ -87,6 +88,8 @@ def scenario(
         raise ValueError(f"scenario id {scenario_id!r} is not <family>.<technique>[.<variant>]")
     if "quick" not in profiles:
         raise ValueError(f"scenario {scenario_id} declares no quick profile")
+    if unknown_profiles := set(profiles) - set(PROFILES):
+        raise ValueError(f"{scenario_id}: unknown profiles {sorted(unknown_profiles)}; known: {', '.join(PROFILES)}")
     for profile, overrides in profiles.items():
         unknown = set(overrides) - set(grid)
         if unknown:

@@ -13,8 +13,14 @@ import pytest
 
 from suite import registry
 from suite.requirements import cuda_device_count
+from tests.check_ids import MARKER_HELP, checks_built, pytest_runtest_makereport  # noqa: F401 - registered here
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+
 
 requires_cuda = pytest.mark.skipif(cuda_device_count() == 0, reason="needs a CUDA device")
 requires_two_gpus = pytest.mark.skipif(cuda_device_count() < 2, reason="needs 2 CUDA devices")

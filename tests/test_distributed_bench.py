@@ -8,12 +8,13 @@ import pytest
 
 pytest.importorskip("torch")
 
+from benchmarks.bench_distributed import VARIANTS  # noqa: E402
 from benchmarks.common import prepared  # noqa: E402
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize("scenario_id", ["distributed.ddp", "distributed.fsdp2"])
+@pytest.mark.parametrize("scenario_id", sorted({scenario_id for scenario_id, _ in VARIANTS.values()}))
 def test_distributed_step(benchmark, scenario_id: str) -> None:  # type: ignore[no-untyped-def]
     benchmark.group = scenario_id
     scenario = prepared(scenario_id, world_sizes=[2])

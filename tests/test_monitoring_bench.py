@@ -8,27 +8,30 @@ import pytest
 pytest.importorskip("pandas")
 pytest.importorskip("sklearn")
 
+from benchmarks.bench_monitoring import DRIFT_SIZES  # noqa: E402
 from benchmarks.common import prepared  # noqa: E402
 from reference.monitoring.conformance import scipy_ks_loop  # noqa: E402
 
+FEATURES, ROWS = DRIFT_SIZES[0][0], DRIFT_SIZES[1]
+
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rows", [2_000, 20_000])
+@pytest.mark.parametrize("rows", ROWS)
 def test_drift_vectorised(benchmark, rows: int) -> None:  # type: ignore[no-untyped-def]
-    benchmark.group = f"monitoring.drift 40 features x {rows} rows"
-    scenario = prepared("monitoring.drift", features=40, rows=rows)
+    benchmark.group = f"monitoring.drift {FEATURES} features x {rows} rows"
+    scenario = prepared("monitoring.drift", features=FEATURES, rows=rows)
     benchmark.pedantic(scenario.step, rounds=5, warmup_rounds=1)
     assert benchmark.stats.stats.min > 0
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rows", [2_000, 20_000])
+@pytest.mark.parametrize("rows", ROWS)
 def test_drift_scipy_loop(benchmark, rows: int) -> None:  # type: ignore[no-untyped-def]
-    benchmark.group = f"monitoring.drift 40 features x {rows} rows"
-    scenario = prepared("monitoring.drift", features=40, rows=rows)
+    benchmark.group = f"monitoring.drift {FEATURES} features x {rows} rows"
+    scenario = prepared("monitoring.drift", features=FEATURES, rows=rows)
     statistic, _ = benchmark.pedantic(scipy_ks_loop, args=(scenario.reference, scenario.current), rounds=3,
                                       warmup_rounds=0)
-    assert statistic.shape == (40,)
+    assert statistic.shape == (FEATURES,)
 
 
 @pytest.mark.slow

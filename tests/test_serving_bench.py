@@ -9,12 +9,12 @@ pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 pytest.importorskip("fastapi")
 
-from benchmarks.common import prepared  # noqa: E402
+from benchmarks.common import axis, prepared  # noqa: E402
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 
-@pytest.mark.parametrize("batch", [1, 16])
+@pytest.mark.parametrize("batch", axis("serving.inprocess", "batch", "quick"))
 def test_inprocess_step(benchmark, batch: int) -> None:  # type: ignore[no-untyped-def]
     benchmark.group = "serving.inprocess"
     scenario = prepared("serving.inprocess", batch=batch)
@@ -22,7 +22,7 @@ def test_inprocess_step(benchmark, batch: int) -> None:  # type: ignore[no-untyp
     assert benchmark.stats.stats.min > 0
 
 
-@pytest.mark.parametrize("batching", ["off", "on"])
+@pytest.mark.parametrize("batching", axis("serving.fastapi", "batching", "quick"))
 def test_fastapi_request(benchmark, batching: str) -> None:  # type: ignore[no-untyped-def]
     benchmark.group = "serving.fastapi"
     scenario = prepared("serving.fastapi", batching=batching, model="small")

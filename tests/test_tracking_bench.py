@@ -6,14 +6,12 @@ import pytest
 
 pytest.importorskip("torch")
 
+from benchmarks.bench_tracking import POINTS  # noqa: E402
 from benchmarks.common import prepared  # noqa: E402
-
-POINTS = [("tracking.mlflow", {"synchronous": True}), ("tracking.mlflow", {"synchronous": False}),
-          ("tracking.tensorboard", {}), ("tracking.wandb", {})]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("scenario_id", "params"), POINTS, ids=lambda p: str(p))
+@pytest.mark.parametrize(("scenario_id", "params"), list(POINTS.values()), ids=list(POINTS))
 def test_log_one_step(benchmark, scenario_id: str, params: dict) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip(scenario_id.split(".")[1])
     benchmark.group = scenario_id

@@ -7,12 +7,13 @@ import pytest
 
 pytest.importorskip("optuna")
 
+from benchmarks.bench_tuning import SAMPLERS, STORAGES  # noqa: E402
 from benchmarks.common import prepared  # noqa: E402
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sampler", ["tpe", "random"])
-@pytest.mark.parametrize("storage", ["memory", "sqlite", "journal"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("storage", STORAGES)
 def test_optuna_trial(benchmark, storage: str, sampler: str) -> None:  # type: ignore[no-untyped-def]
     benchmark.group = "tuning.optuna"
     scenario = prepared("tuning.optuna", storage=storage, sampler=sampler)

@@ -23,6 +23,27 @@ from reference.training.models import build
 from suite import checks
 from suite.schema import Check
 
+# Every check id this family emits (suite.checks: `<part>` is filled in at run time); each
+# one has a planted-bug test marked `breaks(id)`.
+CHECK_IDS = (
+    "ddp.trainer.gradients_match_single_process",
+    "ddp.trainer.parameters_identical_across_ranks",
+    "ddp.trainer.loss_curve_matches_single_process",
+    "ddp.trainer.no_sync_one_allreduce_per_step",
+    "ddp.trainer.no_sync_matches_sync_every_step",
+    "ddp.trainer.resume_is_exact",
+    "sampler.equal_shards",
+    "sampler.total_size",
+    "sampler.repeats_only_padding",
+    "sampler.in_range",
+    "sampler.covers_dataset",
+    "sampler.set_epoch_changes_order",
+    "sampler.without_set_epoch_order_repeats",
+    "<strategy>.parameters_match_single_process",
+    "<strategy>.loss_curve_matches_single_process",
+    "<strategy>.<state>_bytes_shrink",
+)
+
 # fp32 throughout. Same-order arithmetic must be exact (the ranks of one DDP job; a resumed
 # run). A different summation order (all-reduce vs one batch, sharded vs whole updates) is
 # held to the fp32 tier: gradients and loss curves by max-abs relative error (observed ~1e-7),

@@ -14,6 +14,32 @@ from reference.monitoring.simulation import Monitor, Stream
 from suite import checks
 from suite.schema import Check
 
+# Every check id this family emits (suite.checks: `<part>` is filled in at run time); each
+# one has a planted-bug test marked `breaks(id)`.
+CHECK_IDS = (
+    "drift.ks_method_as_scipy",
+    "drift.ks_statistic_equals_scipy",
+    "drift.ks_pvalue_equals_scipy",
+    "drift.chi2_pvalue_equals_scipy",
+    "drift.bh_equals_scipy",
+    "drift.<correction>_within_alpha",
+    "drift.uncorrected_matches_independence",
+    "drift.uncorrected_inflated_above_alpha",
+    "drift.detects_<dataset>_shift",
+    "drift.<dataset>_no_shift_within_alpha",
+    "drift.mmd_no_shift_within_alpha",
+    "drift.mmd_detects_correlation_shift",
+    "performance.metrics_equal_sklearn",
+    "performance.latency_percentiles_equal_numpy",
+    "performance.unlabeled_counts_exact",
+    "prometheus.promtool_check_metrics",
+    "prometheus.client_parser_parses",
+    "prometheus.<counter>_equals_events",
+    "logs.every_line_is_a_json_object",
+    "logs.one_event_per_prediction",
+    "logs.low_confidence_warnings",
+)
+
 PVALUE_TOLERANCE = 1e-10
 STATISTIC_TOLERANCE = 1e-12
 METRIC_TOLERANCE = 1e-12

@@ -27,6 +27,19 @@ from reference.optimize.runtimes import Runtime, golden_outputs
 from suite import checks, stats
 from suite.schema import Check, Metric
 
+# Every check id this family emits (suite.checks: `<part>` is filled in at run time); each
+# one has a planted-bug test marked `breaks(id)`.
+CHECK_IDS = (
+    "runtime.runs_at_unseen_batch_sizes",
+    "runtime.matches_fp64_golden",
+    "accuracy.mlperf_99pct_of_fp32",
+    "size.int8_linear_weights_4x_smaller",
+    "ort.provider_used_is_requested",
+    "onnx.checker_full_check",
+    "torchscript.keeps_data_dependent_branches",
+    "torchscript.trace_pitfall_flagged",
+)
+
 EXPORT_BATCH = 8  # the example batch every exporter and tracer sees
 MLPERF_FRACTION = 0.99  # MLPerf inference: a variant must keep >= 99% of fp32 accuracy
 # INT8 weights are 1/4 of fp32: a 4x shrink saves 0.75 of the fp32 Linear-weight bytes

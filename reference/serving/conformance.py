@@ -18,6 +18,21 @@ from reference.serving.deployments import BadCase, Deployment
 from suite import checks, loadgen
 from suite.schema import Check
 
+# Every check id this family emits (suite.checks: `<part>` is filled in at run time); each
+# one has a planted-bug test marked `breaks(id)`.
+CHECK_IDS = (
+    "serving.outputs_match_eager",
+    "serving.batching_no_crosstalk",
+    "serving.batch_equals_individual",
+    "serving.bad_input_4xx",
+    "serving.metrics_match_client",
+    "serving.warmup_ran",
+    "serving.no_warmup_when_off",
+    "loadgen.<quantity>_agrees_with_<tool>",
+    "loadgen.not_the_bottleneck",
+    "inprocess.outputs_match_eager",
+)
+
 T = TypeVar("T")
 AdapterFactory = Callable[[], loadgen.Adapter]
 TIER = "fp32"

@@ -12,6 +12,17 @@ from reference.tracking.rundata import RunData
 from suite import checks
 from suite.schema import Check
 
+# Every check id this family emits (suite.checks: `<part>` is filled in at run time); each
+# one has a planted-bug test marked `breaks(id)`.
+CHECK_IDS = (
+    "track.<tool>.round_trip",
+    "track.<tool>.interrupted.readable",
+    "track.<tool>.interrupted.unfinished",
+    "track.<tool>.interrupted.exact_prefix",
+    "track.<tool>.interrupted.kept_flushed_steps",
+    "track.<tool>.store_usable_after_kill",
+)
+
 
 def describe(run: RunData) -> str:
     steps = sum(len(series) for series in run.metrics.values())

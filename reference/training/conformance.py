@@ -14,6 +14,19 @@ from reference.training.amp import AmpTrainer
 from suite import checks
 from suite.schema import Check
 
+# Every check id this family emits (suite.checks: `<part>` is filled in at run time); each
+# one has a planted-bug test marked `breaks(id)`.
+CHECK_IDS = (
+    "baseline.digits_eval_accuracy",
+    "accumulation.gradients_equal_full_batch",
+    "accumulation.parameters_equal_full_batch",
+    "amp.loss_curve_tracks_fp32",
+    "amp.eval_accuracy_tracks_fp32",
+    "amp.inf_gradient_skips_step",
+    "amp.inf_gradient_lowers_scale",
+    "amp.bf16_uses_no_scaler",
+)
+
 SGD_LR = 0.1  # plain SGD in equivalence checks: Adam's first step hides a scaled gradient
 RECIPE_LR, RECIPE_BATCH = 2e-3, 64
 DIGITS_ACCURACY_BOUND = 0.95  # fp32 baseline on the pinned digits eval split (measured ~0.98)

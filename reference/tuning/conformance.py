@@ -15,6 +15,27 @@ from reference.tuning.studies import TrialRecord
 from suite import checks, stats
 from suite.schema import Check
 
+# Every check id this family emits (suite.checks: `<part>` is filled in at run time); each
+# one has a planted-bug test marked `breaks(id)`.
+CHECK_IDS = (
+    "tuning.optuna.<storage>.same_seed_same_trials",
+    "tuning.optuna.<storage>.matches_in_memory",
+    "tuning.optuna.pruning.bad_pruned_by_step_<step>",
+    "tuning.optuna.pruning.best_not_pruned",
+    "tuning.optuna.workers.<storage>.trial_count",
+    "tuning.optuna.workers.<storage>.numbers_unique",
+    "tuning.optuna.workers.<storage>.no_lost_results",
+    "tuning.quality.<function>.tpe_beats_random",
+    "tuning.ray.asha.stops_on_rungs",
+    "tuning.ray.asha.stopped_early",
+    "tuning.ray.cluster_stopped",
+    "tuning.anytime.ray_cluster_stopped",
+    "tuning.sweep.ray_cluster_stopped",
+    "tuning.sweep.<method>.trial_count",
+    "tuning.sweep.<method>.values_in_space",
+    "tuning.sweep.<method>.grid_points_once",
+)
+
 REGRET_FLOOR = 1e-12  # log10 of a zero regret would be -inf
 # The pruning check's workload: digits trials alternating a good learning rate and a hopeless
 # one (still at chance after two epochs); the pruner runs 2 startup trials, prunes from step 1.
