@@ -34,6 +34,17 @@ CHECK_IDS = (
     "tuning.sweep.<method>.trial_count",
     "tuning.sweep.<method>.values_in_space",
     "tuning.sweep.<method>.grid_points_once",
+    "tuning.optuna.storage.<storage>.trial_count",
+    "tuning.optuna.storage.<storage>.numbers_unique",
+    "tuning.optuna.storage.<storage>.no_lost_results",
+    "tuning.optuna.failover.<storage>.killed_trial_left_running",
+    "tuning.optuna.failover.<storage>.stale_trial_failed",
+    "tuning.optuna.failover.<storage>.retried_with_same_params",
+    "tuning.optuna.failover.<storage>.study_goes_on",
+    "tuning.ray.cluster.trials_on_every_node",
+    "tuning.ray.cluster.asha.stops_on_rungs",
+    "tuning.ray.cluster.asha.stopped_early",
+    "tuning.ray.cluster.nothing_left_running",
 )
 
 REGRET_FLOOR = 1e-12  # log10 of a zero regret would be -inf
@@ -178,3 +189,38 @@ def sweep_conforms(name: str, space: Space, method: str, trials: Sequence[dict[s
 def nothing_left_running(name: str, reaped: int) -> Check:
     return checks.at_most(name, reaped, 0, "processes of the Ray session alive after ray.shutdown()",
                           f"{reaped} had to be killed")
+
+
+def failover_checks(name: str, outcome: Any, complete_target: int) -> list[Check]:
+    """A worker killed mid-trial (a `failover.FailoverOutcome`): its trial was left RUNNING,
+    the heartbeat turned it FAIL, it was retried once with the same parameters, and the
+    study still reached its target of completed trials without duplicate numbers."""
+    retries = [n for n, origin in outcome.retried_from.items() if origin == outcome.killed_number]
+    retried_ok = len(retries) == 1 and outcome.same_params[retries[0]] and outcome.states[retries[0]] == "COMPLETE"
+    complete = sum(state == "COMPLETE" for state in outcome.states.values())
+    by_survivors = [n for numbers in outcome.completed_by_survivors for n in numbers]
+    return [
+        checks.holds(f"{name}.killed_trial_left_running", outcome.state_after_kill == "RUNNING",
+                     "Optuna: a killed process leaves its trial RUNNING",
+                     f"trial {outcome.killed_number} was {outcome.state_after_kill} after the worker died "
+                     f"(exit code {outcome.victim_exitcode})"),
+        checks.holds(f"{name}.stale_trial_failed", outcome.states[outcome.killed_number] == "FAIL",
+                     "heartbeat + grace period: the next worker fails a stale trial",
+                     f"trial {outcome.killed_number} ended {outcome.states[outcome.killed_number]}"),
+        checks.holds(f"{name}.retried_with_same_params", retried_ok, "RetryHeartbeatStaleTrialCallback(max_retry=1)",
+                     f"retries of trial {outcome.killed_number}: {retries}, "
+                     f"states {[outcome.states[n] for n in retries]}"),
+        checks.holds(f"{name}.study_goes_on",
+                     complete >= complete_target and len(by_survivors) == len(set(by_survivors)),
+                     f"MaxTrialsCallback({complete_target}) on the survivors",
+                     f"{complete} COMPLETE trials; survivors completed {len(by_survivors)} "
+                     f"({len(set(by_survivors))} distinct numbers)"),
+    ]
+
+
+def trials_on_every_node(name: str, placement: dict[str, int], nodes: Sequence[str]) -> Check:
+    """A cluster's trials ran on each of its nodes (not all on the head)."""
+    idle = [node[:8] for node in nodes if placement.get(node, 0) == 0]
+    return checks.holds(name, bool(nodes) and not idle, f"{len(nodes)} alive nodes",
+                        f"trials per node {{{', '.join(f'{k[:8]}: {v}' for k, v in placement.items())}}}"
+                        + (f"; no trial on {idle}" if idle else ""))

@@ -122,6 +122,7 @@ class RayTrial:
     curve: list[tuple[int, float]]  # (training_iteration, metric) per report
     started_at: float  # wall-clock time (time.time()) the trainable began
     finished_at: float  # wall-clock time of its last report
+    node: str = ""  # the Ray node id it ran on
 
     @property
     def stopped_at(self) -> int:
@@ -147,14 +148,15 @@ def _trainable(objective: Objective) -> Any:
     def train(config: dict[str, Any]) -> None:
         objective.prepare()  # a fresh Ray worker loads data once; that is Ray's cost, not the trial's
         started, reported = time.time(), [False]
+        node = ray.get_runtime_context().get_node_id()  # where the trial ran (on a cluster)
 
         def report(step: int, value: float) -> None:
             reported[0] = True
-            tune.report({objective.metric: value, "step": step, "wall": time.time(), "started": started})
+            tune.report({objective.metric: value, "step": step, "wall": time.time(), "started": started, "node": node})
 
         value = objective.fn(config, report)
         if not reported[0]:  # objectives without intermediate values report once, at the end
-            tune.report({objective.metric: value, "step": 1, "wall": time.time(), "started": started})
+            tune.report({objective.metric: value, "step": 1, "wall": time.time(), "started": started, "node": node})
 
     return train
 
@@ -209,5 +211,5 @@ def run_tune(objective: Objective, *, num_samples: int, storage_dir: Path, seed:
         curve = [(int(i), float(v)) for i, v in zip(frame["training_iteration"], frame[objective.metric], strict=True)]
         outcome.trials.append(RayTrial(config=dict(config), curve=curve,
                                        started_at=float(frame["started"].iloc[0]),
-                                       finished_at=float(frame["wall"].iloc[-1])))
+                                       finished_at=float(frame["wall"].iloc[-1]), node=str(frame["node"].iloc[0])))
     return outcome

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -426,3 +428,156 @@ class TuneSweep(WorkDir, Scenario):
             found.append(conformance.nothing_left_running("tuning.sweep.ray_cluster_stopped", self.cluster.reaped))
         return found
 
+
+
+class PostgresServer(Requirement):
+    """PostgreSQL binaries this suite can start (and, under root, a user to run them as)."""
+
+    def unmet(self) -> str | None:
+        from reference.tuning import pgserver
+
+        return pgserver.unavailable()
+
+
+POSTGRES = (Package("psycopg2-binary", module="psycopg2"), PostgresServer())
+
+
+def storage_requirements(storage: str) -> list[Requirement]:
+    return [*OPTUNA, *(POSTGRES if storage == "postgres" else ())]
+
+
+@contextmanager
+def shared_storage(storage: str, ctx: RunContext) -> Iterator[str]:
+    """What workers are handed: a storage kind, or for "postgres" the URL of a private
+    server started for this run (its start-up cost goes to provenance)."""
+    if storage != "postgres":
+        yield storage
+        return
+    from reference.tuning import pgserver
+
+    with pgserver.postgres_server() as server:
+        ctx.provenance["postgres"] = {"url": server.redacted_url, "start_s": server.start_s}
+        yield server.url
+
+
+@scenario("tuning.optuna.storage", grid={"storage": ["sqlite", "journal", "postgres"], "workers": [1, 2, 4],
+                                       "trials_per_worker": [40]},
+          profiles={"quick": {"workers": [2], "trials_per_worker": [20]}}, requires=OPTUNA, timeout_s=900)
+class TuneOptunaStorage(WorkDir, Scenario):
+    """What the shared storage itself costs: N worker processes run a microsecond objective
+    (Branin) with random search on one study, so trials/s and the per-trial latency are the
+    storage's round trips; no trial may be lost or numbered twice."""
+
+    def requirements(self, params: dict[str, Any]) -> list[Requirement]:
+        return [*storage_requirements(params["storage"]), Processes(params["workers"])]
+
+    def measure(self, ctx: RunContext) -> list[Metric]:
+        from reference.tuning import studies, workers
+
+        p = ctx.params
+        with shared_storage(p["storage"], ctx) as storage:
+            started = time.perf_counter()
+            study, self.reported = workers.run_workers(storage=storage, directory=self.make_workdir(),
+                                                       objective="branin", workers=p["workers"], sampler="random",
+                                                       trials_per_worker=p["trials_per_worker"], seed=ctx.seed)
+            wall = time.perf_counter() - started
+            self.records = studies.trial_records(study)
+            first_start = min(t.datetime_start for t in study.trials if t.datetime_start)
+            last_end = max(t.datetime_complete for t in study.trials if t.datetime_complete)
+        ctx.provenance.update(start_method="spawn", sampler="random (seed + worker index)", objective="branin")
+        found = [stats.scalar("wall_incl_worker_start", "s", False, wall, kind="cold"),
+                 stats.scalar("trials_per_s", "trials/s", True,
+                              len(self.records) / (last_end - first_start).total_seconds()),
+                 stats.summarize("trial_latency", "s", False, [r.duration_s for r in self.records])]
+        if "postgres" in ctx.provenance:
+            found.append(stats.scalar("server_start", "s", False, ctx.provenance["postgres"]["start_s"], kind="cold"))
+        return found
+
+    def check(self, ctx: RunContext) -> list[Check]:
+        from reference.tuning import conformance
+
+        p = ctx.params
+        return conformance.shared_study_complete(f"tuning.optuna.storage.{p['storage']}", self.records, self.reported,
+                                                 p["workers"], p["trials_per_worker"])
+
+
+@scenario("tuning.optuna.failover", grid={"storage": ["sqlite", "postgres"], "survivors": [2],
+                                        "complete_target": [12]},
+          profiles={"quick": {}}, requires=OPTUNA, timeout_s=600)
+class TuneOptunaFailover(WorkDir, Scenario):
+    """A worker SIGKILLed inside a trial: its trial is left RUNNING, the RDB heartbeat marks
+    it FAIL, RetryHeartbeatStaleTrialCallback re-runs its parameters, and the surviving
+    workers still complete the study. Time from the kill to the FAIL mark."""
+
+    def requirements(self, params: dict[str, Any]) -> list[Requirement]:
+        return [*storage_requirements(params["storage"]), Processes(params["survivors"])]
+
+    def measure(self, ctx: RunContext) -> list[Metric]:
+        from reference.tuning import failover, studies
+
+        p = ctx.params
+        heartbeat = studies.Heartbeat()
+        with shared_storage(p["storage"], ctx) as storage:
+            self.outcome = failover.kill_one_worker(storage=storage, directory=self.make_workdir(),
+                                                    heartbeat=heartbeat, survivors=p["survivors"],
+                                                    complete_target=p["complete_target"], seed=ctx.seed)
+        ctx.provenance.update(heartbeat={"interval_s": heartbeat.interval_s, "grace_s": heartbeat.grace_s,
+                                         "max_retry": heartbeat.max_retry},
+                              killed_trial=self.outcome.killed_number, states=self.outcome.states)
+        return [stats.scalar("kill_to_fail_mark", "s", False, self.outcome.wait_s)]
+
+    def check(self, ctx: RunContext) -> list[Check]:
+        from reference.tuning import conformance
+
+        return conformance.failover_checks(f"tuning.optuna.failover.{ctx.params['storage']}", self.outcome,
+                                           ctx.params["complete_target"])
+
+
+@scenario("tuning.ray.cluster", grid={"nodes": [2], "cpus_per_node": [1], "num_samples": [9], "max_t": [9]},
+          profiles={"quick": {}}, requires=RAY, timeout_s=900)
+class TuneRayCluster(WorkDir, Scenario):
+    """Ray Tune + ASHA on digits on a real cluster: `ray start --head` and worker nodes
+    joining it over loopback. Cluster start, trial placement per node, per-trial overhead;
+    trials ran on every node and stopped only at ASHA's rungs; nothing left running."""
+
+    def requirements(self, params: dict[str, Any]) -> list[Requirement]:
+        return [*RAY, Processes(params["nodes"] * params["cpus_per_node"])]
+
+    def measure(self, ctx: RunContext) -> list[Metric]:
+        from reference.tuning import objectives, ray_cluster, ray_tune
+
+        p = ctx.params
+        self.asha = ray_tune.Asha(max_t=p["max_t"])
+        objective = objectives.digits_objective(epochs=p["max_t"], seed=ctx.seed)
+        with ray_cluster.loopback_cluster(nodes=p["nodes"], cpus_per_node=p["cpus_per_node"]) as self.cluster:
+            listening = ray_cluster.listening_addresses(self.cluster.session_root)
+            self.outcome = ray_tune.run_tune(objective, num_samples=p["num_samples"], seed=ctx.seed,
+                                             storage_dir=self.make_workdir(), scheduler=self.asha.scheduler())
+        trials = self.outcome.trials
+        self.placement = {node: sum(t.node == node for t in trials) for node in self.cluster.node_ids}
+        busy = sum(t.finished_at - t.started_at for t in trials)
+        slots = p["nodes"] * p["cpus_per_node"]
+        ctx.provenance.update(rungs=self.asha.rungs(), address=self.cluster.address, listening=sorted(listening),
+                              placement={f"node{i}{' (head)' if i == 0 else ''}": self.placement[n]
+                                         for i, n in enumerate(self.cluster.node_ids)})
+        return [
+            stats.scalar("head_start", "s", False, self.cluster.head_s, kind="cold"),
+            stats.scalar("cluster_start", "s", False, self.cluster.start_s, kind="cold"),
+            *(stats.scalar(f"trials_on_node{i}", "trials", True, self.placement[n])
+              for i, n in enumerate(self.cluster.node_ids)),
+            stats.scalar("trials_per_s", "trials/s", True, len(trials) / self.outcome.wall_s),
+            stats.scalar("overhead_per_trial", "s", False, max(self.outcome.wall_s * slots - busy, 0.0) / len(trials)),
+            stats.scalar("epochs_saved", "fraction", True,
+                         1 - sum(t.stopped_at for t in trials) / (len(trials) * p["max_t"])),
+        ]
+
+    def check(self, ctx: RunContext) -> list[Check]:
+        from reference.tuning import conformance
+
+        return [
+            conformance.trials_on_every_node("tuning.ray.cluster.trials_on_every_node", self.placement,
+                                             self.cluster.node_ids),
+            *conformance.asha_stops_at_rungs("tuning.ray.cluster.asha", [t.stopped_at for t in self.outcome.trials],
+                                             self.asha.rungs(), self.asha.max_t),
+            conformance.nothing_left_running("tuning.ray.cluster.nothing_left_running", self.cluster.reaped),
+        ]

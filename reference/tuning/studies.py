@@ -51,20 +51,40 @@ def storage_url(kind: str, directory: Path) -> str:
     raise ValueError(f"unknown storage {kind!r}; choose {', '.join(STORAGE_KINDS)} or a database URL")
 
 
-def open_storage(kind: str, directory: Path | None = None) -> optuna.storages.BaseStorage | None:
+@dataclass(frozen=True)
+class Heartbeat:
+    """RDB heartbeats: a trial whose process stops beating for `grace_s` is marked FAIL by
+    the next worker that starts a trial, and retried (same params) up to `max_retry` times."""
+
+    interval_s: int = 1
+    grace_s: int = 2
+    max_retry: int = 1
+
+    def storage_options(self) -> dict[str, Any]:
+        return {"heartbeat_interval": self.interval_s, "grace_period": self.grace_s,
+                "heartbeat_stale_trial_callback":
+                    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)}
+
+
+def open_storage(kind: str, directory: Path | None = None,
+                 heartbeat: Heartbeat | None = None) -> optuna.storages.BaseStorage | None:
     """A storage object (None means in-memory). Every process that opens the same
-    kind in the same directory sees the same studies."""
+    kind in the same directory sees the same studies. A heartbeat needs an RDB storage
+    (JournalStorage has none: a killed worker's trial stays RUNNING there)."""
     if kind == "memory":
         return None
     if directory is None and "://" not in kind:
         raise ValueError(f"storage {kind!r} needs a directory")
     location = storage_url(kind, directory or Path("."))
     if kind == "journal":
+        if heartbeat is not None:
+            raise ValueError("JournalStorage has no heartbeat; use an RDB storage (sqlite or a database URL)")
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(location))
     connect_args = {"timeout": SQLITE_LOCK_TIMEOUT_S} if location.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(location, engine_kwargs={"connect_args": connect_args})
+    return optuna.storages.RDBStorage(location, engine_kwargs={"connect_args": connect_args},
+                                      **(heartbeat.storage_options() if heartbeat else {}))
 
 
 def as_optuna(objective: Objective) -> Any:

@@ -6,6 +6,7 @@ caller can prove nothing was lost or duplicated."""
 from __future__ import annotations
 
 import multiprocessing
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ def run_workers(*, storage: str, directory: Path, objective: str, workers: int, 
     storage holds it and what each worker reported."""
     if storage == "memory":
         raise ValueError("an in-memory study cannot be shared between processes; use sqlite, journal or a URL")
-    name = f"shared-{objective}"
+    name = f"shared-{objective}-{uuid.uuid4().hex[:8]}"  # a database server keeps every earlier study
     options = tuple(sorted((objective_options or {}).items()))
     shared = studies.open_storage(storage, directory)
     studies.create_study(objectives.get(objective, **dict(options)),
