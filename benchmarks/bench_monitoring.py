@@ -5,8 +5,6 @@ raises NotImplementedError (asv's "not applicable") where promtool is missing.""
 
 from __future__ import annotations
 
-import time
-
 from .common import axis, prepared
 
 # features, rows per window as the quick profile runs them (the full profile runs 500 x 100k)
@@ -35,18 +33,20 @@ class DriftTest:
         self.scenario.step()
 
     def track_speedup(self, features: int, rows: int) -> float:
-        """scipy loop time / vectorised time, best of three each, in the same process."""
+        """scipy loop time / vectorised time: medians of three samples each, timed side by side
+        by the harness's interleaving primitive in the same process."""
+        import numpy as np
+
         from reference.monitoring.conformance import scipy_ks_loop
+        from suite import timing
+        from suite.profiles import PROFILES
 
-        def best(fn) -> float:  # type: ignore[no-untyped-def]
-            times = []
-            for _ in range(3):
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-            return min(times)
-
-        return best(lambda: scipy_ks_loop(self.scenario.reference, self.scenario.current)) / best(self.scenario.step)
+        budget = PROFILES["quick"].model_copy(update={"warmup_calls": 1, "warmup_s": 0.0, "min_samples": 3,
+                                                      "max_samples": 3})
+        timed = timing.time_interleaved(
+            {"scipy": lambda: scipy_ks_loop(self.scenario.reference, self.scenario.current),
+             "vectorised": self.scenario.step}, budget)
+        return float(np.median(timed["scipy"].times) / np.median(timed["vectorised"].times))
 
     track_speedup.unit = "ratio"  # type: ignore[attr-defined]
 

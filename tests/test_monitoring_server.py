@@ -5,8 +5,6 @@ through Prometheus' HTTP query API. Every process started here is stopped here."
 from __future__ import annotations
 
 import io
-import json
-import urllib.request
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ pytest.importorskip("prometheus_client")
 pytest.importorskip("sklearn")
 
 from reference.monitoring import app, conformance, logs, metrics, performance, promserver  # noqa: E402
-from reference.monitoring.roundtrip import post, run_roundtrip  # noqa: E402
+from reference.monitoring.roundtrip import run_roundtrip  # noqa: E402
 from tests.conftest import requires_binary  # noqa: E402
 
 pytestmark = [pytest.mark.serving, requires_binary("prometheus")]
@@ -50,27 +48,12 @@ class CountsTwice(metrics.ModelMetrics):
         super().observe_prediction(predicted_class, latency_s)
 
 
+@pytest.mark.breaks("prometheus.<counter>_equals_events")
 def test_counter_check_catches_double_counting_through_prometheus() -> None:
     result = run_roundtrip(service(CountsTwice), rows(10), bad_requests=0)
     found = {c.name: c.passed for c in conformance.counters_equal(result.read, result.made, "Prometheus")}
     assert not found["prometheus.predictions_total_equals_events"]
     assert not found["prometheus.latency_count_equals_events"] and found["prometheus.errors_total_equals_events"]
-
-
-def test_app_answers_bad_input_with_400_and_keeps_serving() -> None:
-    running = app.serve(service())
-    url = f"http://{running.address}"
-    try:
-        for body in (b"not json", b'{"id": 3}', b'{"id": "a", "features": [1, 2]}',
-                     json.dumps({"id": "a", "features": [float("nan")] * 13}).encode()):
-            status, answer = post(f"{url}/predict", body)
-            assert status == 400 and "error" in answer
-        status, answer = post(f"{url}/predict", json.dumps({"id": "ok", "features": rows(1)[0].tolist()}).encode())
-        assert status == 200 and answer["predicted_class"] == "class_0"
-        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
-            assert b'model_prediction_errors_total{error_type="bad_input",model_version="v1"} 4.0' in response.read()
-    finally:
-        running.stop()
 
 
 def test_prometheus_that_cannot_start_is_a_clear_error_and_leaves_nothing_behind() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from reference.monitoring import validation
-from reference.monitoring.simulation import Monitor, Stream
+from reference.monitoring.simulation import PREDICTION, Monitor, Stream
 from suite import checks
 from suite.schema import Check
 
@@ -32,6 +32,7 @@ CHECK_IDS = (
     "performance.metrics_equal_sklearn",
     "performance.latency_percentiles_equal_numpy",
     "performance.unlabeled_counts_exact",
+    "performance.running_totals_equal_window",
     "prometheus.promtool_check_metrics",
     "prometheus.client_parser_parses",
     "prometheus.<counter>_equals_events",
@@ -178,6 +179,34 @@ def monitor_matches_sklearn(make_monitor: Callable[[], Monitor], stream: Stream,
     ]
 
 
+def totals_equal_window(make_monitor: Callable[[], Monitor], stream: Stream, until: float,
+                        checkpoints: int = 16) -> Check:
+    """The monitor's running totals (what a service publishes per request) equal a full
+    window recomputed over everything it holds, at `checkpoints` points of the replay,
+    evictions included when the monitor's capacity is below the stream's length."""
+    monitor = make_monitor()
+    events = stream.events(until)
+    stops = set(np.linspace(0, len(events) - 1, checkpoints).astype(int).tolist())
+    wrong = []
+    for k, (_, kind, i) in enumerate(events):
+        if kind == PREDICTION:
+            monitor.record_prediction(stream.ids[i], stream.predicted[i], float(stream.latency[i]),
+                                      float(stream.time[i]))
+        else:
+            monitor.record_label(stream.ids[i], stream.truth[i])
+        if k in stops:
+            totals, window = monitor.totals(), monitor.window()  # type: ignore[attr-defined]
+            counts = (totals.predictions, totals.labeled, totals.unlabeled)
+            if counts != (window.predictions, window.labeled, window.unlabeled) or \
+                    not np.array_equal(totals.accuracy, window.accuracy, equal_nan=True):
+                wrong.append(f"event {k}: totals {counts} acc {totals.accuracy!r}, window "
+                             f"{(window.predictions, window.labeled, window.unlabeled)} acc {window.accuracy!r}")
+    return checks.at_most("performance.running_totals_equal_window", float(len(wrong)), 0.0,
+                          "window() over everything held", "; ".join(wrong[:3]) or
+                          f"{len(stops)} checkpoints over {len(events)} events, "
+                          f"{getattr(monitor, 'evicted', 0)} evictions")
+
+
 def exposition_valid(exposition: bytes, expected_families: Sequence[str], promtool: str = "promtool") -> list[Check]:
     """The text passes `promtool check metrics` and prometheus_client's own parser, and
     holds every expected metric family."""
@@ -233,3 +262,15 @@ def counters_equal(observed: dict[str, float | None], expected: dict[str, float]
     return [checks.holds(f"prometheus.{name}_equals_events", observed.get(name) == value, source,
                          f"read {observed.get(name)}, made {value:g}")
             for name, value in expected.items()]
+
+
+def mmd_calibrated_and_powerful(results: Sequence[Any], alpha: float) -> list[Check]:
+    """MMD on a correlation shift (validation.correlation_shift_power, weakest shift first,
+    the first with no shift): false alarms within alpha, and the strongest shift seen."""
+    null, strongest = results[0], results[-1]
+    return [checks.at_most("drift.mmd_no_shift_within_alpha", null.mmd.interval[0], alpha, "alpha",
+                           f"MMD false-alarm rate {null.mmd.value:.3f} over {null.mmd.trials} windows"),
+            checks.at_least("drift.mmd_detects_correlation_shift", strongest.mmd.value,
+                            0.8 if strongest.window >= 400 else 0.3, "power bound",
+                            f"rho {strongest.correlation}, window {strongest.window}; per-feature "
+                            f"tests: {strongest.per_feature.value:.3f}")]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from reference.monitoring.performance import WindowMetrics
+from reference.monitoring.performance import Totals, WindowMetrics
 
 OTHER = "other"
 MAX_LABEL_VALUES = 100
@@ -60,8 +60,9 @@ class ModelMetrics:
     def observe_error(self, error_type: str) -> None:
         self.errors.labels(self.model_version, error_type if error_type in self.error_types else OTHER).inc()
 
-    def observe_window(self, window: WindowMetrics) -> None:
-        """Publish the performance monitor's latest window (accuracy stays unset until a label arrives)."""
+    def observe_window(self, window: WindowMetrics | Totals) -> None:
+        """Publish a window of the performance monitor, or its running totals (accuracy stays
+        unset until a label arrives)."""
         if window.labeled:
             self.accuracy.labels(self.model_version).set(window.accuracy)
         self.unlabeled.labels(self.model_version).set(window.unlabeled)

@@ -8,6 +8,10 @@ support-weighted precision, recall and F1 exactly as scikit-learn defines them
 (`precision_recall_fscore_support(average="weighted", zero_division=0)`), latency
 percentiles exactly as `numpy.percentile`, and how many predictions are still unlabeled —
 accuracy over 3 labeled predictions out of 10 000 served is not a number to act on.
+
+`totals()` answers the same question for everything the monitor holds in O(1): running
+counts kept as predictions, labels and evictions happen, so a service can publish them on
+every request instead of recomputing a window over up to `capacity` rows under its lock.
 """
 
 from __future__ import annotations
@@ -40,6 +44,28 @@ class WindowMetrics:
         return self.predictions - self.labeled
 
 
+@dataclass(frozen=True)
+class Totals:
+    """Counts over every prediction the monitor holds; equal to `window()`'s, kept running."""
+
+    predictions: int
+    labeled: int
+    correct: int
+
+    @property
+    def unlabeled(self) -> int:
+        return self.predictions - self.labeled
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.labeled if self.labeled else float("nan")
+
+
+class Conflict(ValueError):
+    """The event contradicts one already recorded: a prediction id seen before, or a second,
+    different label for one prediction."""
+
+
 class PerformanceMonitor:
     """Keeps the latest `capacity` predictions; older ones are evicted, and a label that
     arrives for an evicted or unknown prediction is counted in `orphan_labels`."""
@@ -59,22 +85,27 @@ class PerformanceMonitor:
         self._pending: dict[Hashable, int] = {}
         self.orphan_labels = 0
         self.evicted = 0
+        self._held, self._labeled, self._correct = 0, 0, 0  # running counts behind totals()
 
     def record_prediction(self, prediction_id: Hashable, predicted: Hashable, latency_s: float,
                           timestamp: float) -> None:
         if prediction_id in self._slot:
-            raise ValueError(f"prediction {prediction_id!r} was already recorded")
+            raise Conflict(f"prediction {prediction_id!r} was already recorded")
         if not (np.isfinite(latency_s) and latency_s >= 0 and np.isfinite(timestamp)):
             raise ValueError(f"latency and timestamp must be finite, latency >= 0: {latency_s!r}, {timestamp!r}")
         row = self._next % self.capacity
         if self._ids[row] is not None:
             del self._slot[self._ids[row]]
             self.evicted += 1
+            self._count_label(row, -1)
+        else:
+            self._held += 1
         self._ids[row] = prediction_id
         self._slot[prediction_id] = row
         self._time[row], self._latency[row] = timestamp, latency_s
         self._predicted[row] = self._code(predicted)
         self._label[row] = self._pending.pop(prediction_id, UNLABELED)
+        self._count_label(row, +1)
         self._next += 1
 
     def record_label(self, prediction_id: Hashable, label: Hashable) -> None:
@@ -85,10 +116,11 @@ class PerformanceMonitor:
         current = self._label[row] if row is not None else self._pending.get(prediction_id, UNLABELED)
         if current != UNLABELED:
             if current != code:
-                raise ValueError(f"prediction {prediction_id!r} already has a different label")
+                raise Conflict(f"prediction {prediction_id!r} already has a different label")
             return
         if row is not None:
             self._label[row] = code
+            self._count_label(row, +1)
         elif len(self._pending) < self.max_pending_labels:
             self._pending[prediction_id] = code
         else:
@@ -97,6 +129,15 @@ class PerformanceMonitor:
     @property
     def pending_labels(self) -> int:
         return len(self._pending)
+
+    def totals(self) -> Totals:
+        """Predictions held, how many have a label, how many of those are right: O(1)."""
+        return Totals(self._held, self._labeled, self._correct)
+
+    def _count_label(self, row: int, sign: int) -> None:
+        if self._label[row] != UNLABELED:
+            self._labeled += sign
+            self._correct += sign * int(self._label[row] == self._predicted[row])
 
     def window(self, start: float = -np.inf, stop: float = np.inf) -> WindowMetrics:
         """Metrics over predictions served in [start, stop)."""
