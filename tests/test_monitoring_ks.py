@@ -158,10 +158,13 @@ def pvalue_scaled_slightly(reference: np.ndarray, current: np.ndarray) -> ks.KSR
 
 
 @pytest.mark.parametrize(("broken", "failing"), [
-    (always_asymptotic, {"drift.ks_method_as_scipy", "drift.ks_pvalue_equals_scipy"}),
-    (ties_counted_at_first_occurrence, {"drift.ks_statistic_equals_scipy", "drift.ks_pvalue_equals_scipy"}),
+    pytest.param(always_asymptotic, {"drift.ks_method_as_scipy", "drift.ks_pvalue_equals_scipy"},
+                 marks=pytest.mark.breaks("drift.ks_method_as_scipy")),
+    pytest.param(ties_counted_at_first_occurrence, {"drift.ks_statistic_equals_scipy", "drift.ks_pvalue_equals_scipy"},
+                 marks=pytest.mark.breaks("drift.ks_statistic_equals_scipy")),
     (pvalue_scaled_slightly, {"drift.ks_pvalue_equals_scipy"}),
 ])
+@pytest.mark.breaks("drift.ks_pvalue_equals_scipy")
 def test_check_catches_planted_bug(broken, failing: set[str]) -> None:  # type: ignore[no-untyped-def]
     reference, current = windows(300, 200, 8)
     found = {c.name: c.passed for c in ks_matches_scipy(broken, reference, current)}

@@ -3,6 +3,8 @@ correction, detection under known shifts, each check fed a planted bug."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -49,16 +51,19 @@ def corrects_even_when_told_not_to(p: np.ndarray, method: str) -> np.ndarray:
     return correction.adjust(p, "bonferroni" if method == "none" else method)
 
 
+@pytest.mark.breaks("drift.<correction>_within_alpha")
 def test_fpr_check_catches_missing_correction() -> None:
     null = validation.null_false_alarms(20, 200, 60, ALPHA, seed=1, adjust=no_op_correction)
     assert not any(c.passed for c in conformance.corrected_false_alarms_within_alpha(null))
 
 
+@pytest.mark.breaks("drift.uncorrected_inflated_above_alpha", "drift.uncorrected_matches_independence")
 def test_inflation_check_catches_a_detector_that_hides_it() -> None:
     null = validation.null_false_alarms(20, 200, 60, ALPHA, seed=1, adjust=corrects_even_when_told_not_to)
     assert not all(c.passed for c in conformance.uncorrected_inflation_reproduced(null))
 
 
+@pytest.mark.breaks("drift.<correction>_within_alpha")
 def test_fpr_check_catches_an_anticonservative_test() -> None:
     def halved(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
         """Planted bug: p-values half what they should be (a one-sided/two-sided mix-up)."""
@@ -85,6 +90,7 @@ def test_power_grows_with_window_and_shift() -> None:
     assert points[(0.3, 400)] > points[(0.3, 50)]
 
 
+@pytest.mark.breaks("drift.detects_<dataset>_shift")
 def test_detection_check_catches_an_insensitive_test() -> None:
     def blind(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
         """Planted bug: compares the reference with itself."""
@@ -94,6 +100,7 @@ def test_detection_check_catches_an_insensitive_test() -> None:
     assert not conformance.detects_known_shift(points, 1.0, 100).passed
 
 
+@pytest.mark.breaks("drift.<dataset>_no_shift_within_alpha")
 def test_null_calibration_check_catches_an_anticonservative_test() -> None:
     def inflated(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
         return np.minimum(validation.ks_pvalues(reference, current) * 0.1, 1)
@@ -125,3 +132,42 @@ def test_mmd_sees_correlation_shift_per_feature_tests_do_not() -> None:
     null, strong = validation.correlation_shift_power([0.0, 0.9], 300, 12, permutations=100, seed=8)
     assert strong.mmd.value >= 0.8 and strong.per_feature.value <= 0.25
     assert null.mmd.value <= 0.25
+
+
+def test_mmd_checks_pass_on_the_reference_test() -> None:
+    results = validation.correlation_shift_power([0.0, 0.9], 400, 20, permutations=100, seed=8)
+    found = conformance.mmd_calibrated_and_powerful(results, 0.05)
+    assert all(c.passed for c in found), found
+
+
+def marginal_only_mmd(reference, current, **kwargs):  # type: ignore[no-untyped-def]
+    """Planted bug: the "MMD" of each feature's marginal (a kernel on one column at a time),
+    which a correlation between features never moves."""
+    from reference.monitoring.mmd import mmd_permutation_test
+
+    return min((mmd_permutation_test(reference[:, [j]], current[:, [j]], **kwargs) for j in range(reference.shape[1])),
+               key=lambda result: result.pvalue)
+
+
+def p_below_alpha_half_the_time(reference, current, **kwargs):  # type: ignore[no-untyped-def]
+    """Planted bug: a p-value that is not one (the permutation distribution mis-indexed)."""
+    from reference.monitoring.mmd import mmd_permutation_test
+
+    result = mmd_permutation_test(reference, current, **kwargs)
+    return dataclasses.replace(result, pvalue=result.pvalue / 10)
+
+
+@pytest.mark.breaks("drift.mmd_detects_correlation_shift")
+def test_mmd_power_check_catches_a_test_blind_to_correlation() -> None:
+    results = validation.correlation_shift_power([0.0, 0.9], 400, 8, permutations=50, seed=8,
+                                                 mmd_test=marginal_only_mmd)
+    failed = {c.name for c in conformance.mmd_calibrated_and_powerful(results, 0.05) if not c.passed}
+    assert "drift.mmd_detects_correlation_shift" in failed
+
+
+@pytest.mark.breaks("drift.mmd_no_shift_within_alpha")
+def test_mmd_calibration_check_catches_an_anticonservative_pvalue() -> None:
+    results = validation.correlation_shift_power([0.0, 0.9], 200, 20, permutations=50, seed=8,
+                                                 mmd_test=p_below_alpha_half_the_time)
+    failed = {c.name for c in conformance.mmd_calibrated_and_powerful(results, 0.05) if not c.passed}
+    assert "drift.mmd_no_shift_within_alpha" in failed

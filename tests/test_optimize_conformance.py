@@ -107,6 +107,7 @@ def test_every_int8_runtime_runs_at_any_batch_size(mlp, int8_runtimes, sizes, se
         assert check.passed, (runtime.name, check)
 
 
+@pytest.mark.breaks("runtime.matches_fp64_golden")
 def test_a_noisy_runtime_fails_the_fp32_tier(mlp) -> None:  # type: ignore[no-untyped-def]
     runtime = runtimes.torch_module(mlp.model, "noisy")
     clean = runtime.to_tensor
@@ -115,6 +116,7 @@ def test_a_noisy_runtime_fails_the_fp32_tier(mlp) -> None:  # type: ignore[no-un
     assert not check.passed and check.observed > check.tolerance
 
 
+@pytest.mark.breaks("runtime.matches_fp64_golden")
 def test_fp16_weights_claiming_fp32_fail_but_pass_their_own_tier(mlp) -> None:  # type: ignore[no-untyped-def]
     half = copy.deepcopy(mlp.model).half()
     runtime = runtimes.torch_module(half, "half")
@@ -125,6 +127,7 @@ def test_fp16_weights_claiming_fp32_fail_but_pass_their_own_tier(mlp) -> None:  
     assert conformance.matches_golden(runtime, mlp.model, inputs).passed
 
 
+@pytest.mark.breaks("runtime.matches_fp64_golden")
 def test_an_export_without_a_dynamic_batch_axis_fails_at_unseen_sizes(mlp, tmp_path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "static.onnx"
     torch.onnx.export(mlp.model, (mlp.batch(8),), str(path), dynamo=False, input_names=[onnx_export.INPUT_NAME],
@@ -135,6 +138,7 @@ def test_an_export_without_a_dynamic_batch_axis_fails_at_unseen_sizes(mlp, tmp_p
     assert "batch 1" in check.detail
 
 
+@pytest.mark.breaks("runtime.runs_at_unseen_batch_sizes")
 def test_int8_is_judged_by_running_not_by_tensors(mlp) -> None:  # type: ignore[no-untyped-def]
     runtime = runtimes.torch_module(quantize.dynamic_ao(mlp.model, mlp.batch(2)), "int8", precision="int8")
     assert conformance.matches_golden(runtime, mlp.model, inputs_for(mlp, [1, 33])).passed
@@ -160,11 +164,27 @@ def crude_quantiser(model):  # type: ignore[no-untyped-def]
     return broken
 
 
+@pytest.mark.breaks("accuracy.mlperf_99pct_of_fp32")
 def test_int8_keeps_99pct_of_fp32_accuracy_and_a_crude_quantiser_does_not(mlp) -> None:  # type: ignore[no-untyped-def]
     fp32 = correct(mlp, mlp.model)
     assert conformance.keeps_fp32_accuracy(fp32, correct(mlp, quantize.dynamic_ao(mlp.model, mlp.batch(2)))).passed
     check = conformance.keeps_fp32_accuracy(fp32, correct(mlp, crude_quantiser(mlp.model)))
     assert not check.passed and check.observed < conformance.MLPERF_FRACTION
+
+
+def test_every_low_precision_runtime_keeps_99pct_of_fp32_accuracy_on_digits(mlp, int8_runtimes) -> None:  # type: ignore[no-untyped-def]
+    """MLPerf's rule for every quantised path the suite ships (torch.ao dynamic and static,
+    torchao's configs, ORT dynamic, QDQ and QOperator) and for bf16 autocast, on the pinned
+    digits eval split: not only the one quantiser the test above feeds it."""
+    split = mlp.split
+    fp32 = runtimes.correct_predictions(runtimes.torch_module(mlp.model, "eager"), split.x_eval, split.y_eval)
+    bf16 = runtimes.torch_module(mlp.model, "eager bf16", precision="bf16", autocast=torch.bfloat16)
+    judged = [*int8_runtimes, bf16]
+    assert len(int8_runtimes) == 3 + len(quantize.TORCHAO_CONFIGS) + len(onnx_runtime.STATIC_FORMATS)
+    assert len(split.y_eval) >= 300  # a real eval set: one wrong item is under 1%
+    for runtime in judged:
+        check = conformance.keeps_fp32_accuracy(fp32, runtimes.correct_predictions(runtime, split.x_eval, split.y_eval))
+        assert check.passed, (runtime.name, check)
 
 
 def test_accuracy_delta_is_paired_with_a_ci_around_it(mlp) -> None:  # type: ignore[no-untyped-def]
@@ -199,6 +219,7 @@ def test_int8_makes_linear_weights_about_4x_smaller(mlp_small_model, quantiser) 
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["kept-fp32", "fp16-not-int8"])
+@pytest.mark.breaks("size.int8_linear_weights_4x_smaller")
 def test_a_quantiser_that_does_not_reach_int8_fails_the_size_check(mlp_small_model, dtype) -> None:  # type: ignore[no-untyped-def]
     fake = copy.deepcopy(mlp_small_model).to(dtype)  # planted bug: "quantised" in name only
     fp32 = runtimes.state_dict_bytes(mlp_small_model)
@@ -230,6 +251,7 @@ def test_requested_cpu_provider_is_used(onnx_files) -> None:  # type: ignore[no-
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider")
+@pytest.mark.breaks("ort.provider_used_is_requested")
 def test_a_silent_fallback_to_cpu_fails_the_provider_check(onnx_files) -> None:  # type: ignore[no-untyped-def]
     import onnxruntime
 
@@ -241,6 +263,7 @@ def test_a_silent_fallback_to_cpu_fails_the_provider_check(onnx_files) -> None: 
     assert not check.passed and "CUDAExecutionProvider" in check.reference
 
 
+@pytest.mark.breaks("onnx.checker_full_check")
 def test_onnx_checker_passes_on_exports_and_fails_on_a_corrupt_file(onnx_files, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import onnx
 
@@ -264,6 +287,7 @@ def trace(model, example):  # type: ignore[no-untyped-def]
     return torchscript.convert(model, example, "trace")
 
 
+@pytest.mark.breaks("torchscript.keeps_data_dependent_branches")
 def test_scripting_keeps_both_branches_and_tracing_does_not(mlp) -> None:  # type: ignore[no-untyped-def]
     example = mlp.batch(8)
     assert conformance.keeps_data_dependent_branches(script, mlp.model, example).passed
@@ -271,6 +295,7 @@ def test_scripting_keeps_both_branches_and_tracing_does_not(mlp) -> None:  # typ
     assert not check.passed and "tracer said" in check.detail
 
 
+@pytest.mark.breaks("torchscript.trace_pitfall_flagged")
 def test_the_trace_pitfall_is_flagged_and_a_detector_probing_only_the_example_misses_it(mlp) -> None:  # type: ignore[no-untyped-def]
     example = mlp.batch(8)
     assert conformance.trace_pitfall_flagged(torchscript.compare_with_eager, mlp.model, example).passed

@@ -41,6 +41,7 @@ def test_accumulation_matches_full_batch(model_name: str, micro_batches: int) ->
 
 
 @pytest.mark.parametrize("broken", [accumulate_dividing_by_k, accumulate_without_scaling])
+@pytest.mark.breaks("accumulation.gradients_equal_full_batch", "accumulation.parameters_equal_full_batch")
 def test_accumulation_check_catches_planted_bugs(broken) -> None:  # type: ignore[no-untyped-def]
     assert not passed(conformance.accumulation_matches_full_batch(broken, "mlp", 3))
 
@@ -66,12 +67,14 @@ def test_grad_scaler_skips_an_inf_step_and_lowers_the_scale() -> None:
     assert passed(found), found
 
 
+@pytest.mark.breaks("amp.inf_gradient_lowers_scale", "amp.inf_gradient_skips_step")
 def test_inf_check_catches_an_unscaled_fp16_trainer() -> None:
     found = conformance.scaler_skips_inf_step(
         lambda m, o: UnscaledFp16Trainer(m, o, workloads.loss_fn, device_type="cpu", dtype="fp16"))
     assert [c.passed for c in found] == [False, False]
 
 
+@pytest.mark.breaks("amp.bf16_uses_no_scaler")
 def test_bf16_uses_no_scaler_and_the_check_sees_a_planted_one() -> None:
     model = workloads.build("mlp", "tiny").model
     trainer = AmpTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1), workloads.loss_fn,
@@ -91,6 +94,7 @@ def test_baseline_reaches_the_stated_digits_accuracy(fp32_cnn_run: conformance.C
     assert check.passed and check.tolerance == 0.95, check
 
 
+@pytest.mark.breaks("baseline.digits_eval_accuracy")
 def test_accuracy_check_catches_training_on_shuffled_labels() -> None:
     def shuffled_labels(model, optimizer):  # type: ignore[no-untyped-def]
         step = conformance.fp32_step_factory(model, optimizer)
@@ -105,6 +109,7 @@ def fp32_mlp_run() -> conformance.Convergence:
     return conformance.train_to_convergence(workloads.build("mlp", "small"), conformance.fp32_step_factory, epochs=8)
 
 
+@pytest.mark.breaks("amp.eval_accuracy_tracks_fp32", "amp.loss_curve_tracks_fp32")
 def test_bf16_tracks_fp32_and_the_check_catches_a_frozen_optimizer(fp32_mlp_run: conformance.Convergence) -> None:
     workload = workloads.build("mlp", "small")
 

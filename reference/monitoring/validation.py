@@ -213,9 +213,10 @@ class CorrelationPower:
 
 
 def correlation_shift_power(correlations: Sequence[float], window: int, repetitions: int, features: int = 5,
-                            alpha: float = 0.05, permutations: int = 200, seed: int = 0) -> list[CorrelationPower]:
+                            alpha: float = 0.05, permutations: int = 200, seed: int = 0,
+                            mmd_test: Callable[..., Any] = mmd_permutation_test) -> list[CorrelationPower]:
     """Features 0 and 1 become correlated while every marginal stays N(0, 1): invisible to
-    per-feature tests by construction, visible to MMD."""
+    per-feature tests by construction, visible to MMD (`mmd_test`: a test can hand in a broken one)."""
     rng = np.random.default_rng(seed)
     results = []
     for rho in correlations:
@@ -225,8 +226,8 @@ def correlation_shift_power(correlations: Sequence[float], window: int, repetiti
         for _ in range(repetitions):
             reference = rng.normal(size=(window, features))
             current = rng.multivariate_normal(np.zeros(features), covariance, size=window)
-            mmd_hits += mmd_permutation_test(reference, current, permutations=permutations,
-                                             seed=int(rng.integers(2**31))).pvalue <= alpha
+            mmd_hits += mmd_test(reference, current, permutations=permutations,
+                                 seed=int(rng.integers(2**31))).pvalue <= alpha
             feature_hits += bool((correction.adjust(ks_pvalues(reference, current)) <= alpha).any())
         results.append(CorrelationPower(rho, window, Rate(int(mmd_hits), repetitions),
                                         Rate(feature_hits, repetitions)))

@@ -60,8 +60,9 @@ def unseen_batch_sizes(seed: int, draws: int = 3, largest: int = 129) -> list[in
 
 
 def matches_golden(runtime: Runtime, model: nn.Module, inputs: Sequence[torch.Tensor]) -> Check:
-    """The runtime on every input batch vs fp64 eager, within the runtime's dtype tier. An
-    INT8 runtime only has to run at every batch size with finite outputs of the right shape."""
+    """The runtime on every input batch vs fp64 eager, within the runtime's dtype tier. A
+    quantised runtime (a precision with no tensor tier: int8, int4, ...) only has to run at
+    every batch size with finite outputs of the right shape: it is judged by accuracy."""
     outputs, goldens, failures = [], [], []
     for x in inputs:
         golden = golden_outputs(model, x)
@@ -76,9 +77,9 @@ def matches_golden(runtime: Runtime, model: nn.Module, inputs: Sequence[torch.Te
         outputs.append(out)
         goldens.append(golden)
     sizes = f"batch sizes {[len(x) for x in inputs]} (export saw {EXPORT_BATCH})"
-    if runtime.precision == "int8":
+    if runtime.precision not in checks.TIERS:
         finite = all(bool(torch.isfinite(o).all()) for o in outputs)
-        detail = "; ".join(failures) or f"INT8 is judged by accuracy; finite outputs at {sizes}"
+        detail = "; ".join(failures) or f"{runtime.precision} is judged by accuracy; finite outputs at {sizes}"
         return checks.holds("runtime.runs_at_unseen_batch_sizes", not failures and finite, "fp64 eager shapes", detail)
     if failures:
         return Check(name="runtime.matches_fp64_golden", passed=False, tolerance=checks.TIERS[runtime.precision],

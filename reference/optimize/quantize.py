@@ -23,7 +23,11 @@ FUSABLE = (  # longest first: (Conv, BN, ReLU) must win over (Conv, BN)
     (nn.Conv2d, nn.BatchNorm2d, nn.ReLU), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv2d, nn.ReLU),
     (nn.Linear, nn.BatchNorm1d), (nn.Linear, nn.ReLU),
 )
-TORCHAO_CONFIGS = ("int8_dynamic", "int8_weight_only")
+# name -> (the torchao.quantization config class, its keyword arguments, the precision it ships)
+TORCHAO_CONFIGS: dict[str, tuple[str, dict, str]] = {
+    "int8_dynamic": ("Int8DynamicActivationInt8WeightConfig", {}, "int8"),
+    "int8_weight_only": ("Int8WeightOnlyConfig", {}, "int8"),
+}
 
 
 def quantized_engine() -> str:
@@ -125,16 +129,22 @@ def static_ao(model: nn.Module, calibration: torch.Tensor, engine: str | None = 
 
 
 def torchao_config(name: str):  # type: ignore[no-untyped-def]
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
+    import torchao.quantization
 
-    configs = {"int8_dynamic": Int8DynamicActivationInt8WeightConfig, "int8_weight_only": Int8WeightOnlyConfig}
-    if name not in configs:
-        raise ValueError(f"unknown torchao config {name!r}; choose from {', '.join(configs)}")
-    return configs[name]()
+    if name not in TORCHAO_CONFIGS:
+        raise ValueError(f"unknown torchao config {name!r}; choose from {', '.join(TORCHAO_CONFIGS)}")
+    class_name, kwargs, _ = TORCHAO_CONFIGS[name]
+    return getattr(torchao.quantization, class_name)(**kwargs)
+
+
+def torchao_precision(name: str) -> str:
+    """The precision a torchao config ships (int8, int4, ...): quantised runtimes are judged
+    by accuracy, whatever their bit width."""
+    return TORCHAO_CONFIGS[name][2]
 
 
 def torchao_quantize(model: nn.Module, config: str) -> nn.Module:
-    """torchao `quantize_` on a copy: Linear weights become INT8 tensor subclasses."""
+    """torchao `quantize_` on a copy: Linear weights become quantised tensor subclasses."""
     from torchao.quantization import quantize_
 
     chosen = torchao_config(config)

@@ -238,7 +238,7 @@ class TorchAoLibraryQuant(OptimizeScenario):
         config = ctx.params["config"]
         ctx.provenance["torchao_config"] = type(quantize.torchao_config(config)).__name__  # imports torchao untimed
         quantized = self.cold(ctx, "quantize", lambda: quantize.torchao_quantize(self.workload.model, config))
-        return runtimes.torch_module(quantized, f"torchao {config}", precision="int8")
+        return runtimes.torch_module(quantized, f"torchao {config}", precision=quantize.torchao_precision(config))
 
 
 class OnnxScenario(OptimizeScenario):

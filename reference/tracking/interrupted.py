@@ -40,8 +40,8 @@ def expected_prefix(seed: int, steps: int) -> RunData:
     return RunData(params=dict(PARAMS), metrics=series)
 
 
-def log_until_killed(tool: str, root: Path, seed: int) -> None:
-    tracker = trackers.create(tool, root)
+def log_until_killed(tool: str, root: Path, seed: int, options: dict[str, Any] | None = None) -> None:
+    tracker = trackers.create(tool, root, **(options or {}))
     tracker.start("interrupted", dict(PARAMS))
     print(json.dumps({"locator": tracker.locator()}), flush=True)
     for step in range(MAX_STEPS):
@@ -61,9 +61,12 @@ class Interrupted:
     orphans_killed: int  # helper processes still alive after the grace period
 
 
-def interrupt(tool: str, root: Path, seed: int, *, after_flushed: int, timeout_s: float = 180.0) -> Interrupted:
-    """Run the child until it has flushed `after_flushed` steps, then SIGKILL its session."""
-    child = subprocess.Popen([sys.executable, "-m", "reference.tracking.interrupted", tool, str(root), str(seed)],
+def interrupt(tool: str, root: Path, seed: int, *, after_flushed: int, options: dict[str, Any] | None = None,
+              timeout_s: float = 180.0) -> Interrupted:
+    """Run the child (its tracker built with `options`: a logging mode) until it has flushed
+    `after_flushed` steps, then SIGKILL its session."""
+    child = subprocess.Popen([sys.executable, "-m", "reference.tracking.interrupted", tool, str(root), str(seed),
+                              json.dumps(options or {})],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                              start_new_session=True, cwd=Path(__file__).resolve().parents[2])
     locator: dict[str, Any] = {}
@@ -119,4 +122,4 @@ def _end_session(session_id: int) -> int:
 
 
 if __name__ == "__main__":
-    log_until_killed(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]))
+    log_until_killed(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4]))

@@ -91,7 +91,8 @@ class TrackingScenario(Scenario):
         conformance.log_run(tracker, "round-trip", run, model, example)
         found = [conformance.round_trip(f"track.{self.tool}.round_trip", self.tracker_class, run,
                                         self.tracker_class.read(tracker.locator()))]
-        killed = interrupted.interrupt(self.tool, self.store, ctx.seed, after_flushed=INTERRUPT_AFTER[self.tool])
+        killed = interrupted.interrupt(self.tool, self.store, ctx.seed, after_flushed=INTERRUPT_AFTER[self.tool],
+                                       options=self.options(ctx.params))  # killed in the mode it was measured in
         ctx.provenance["interrupted"] = {"flushed_when_killed": killed.flushed, "exit_code": killed.exit_code,
                                          "helpers_killed_after_grace": killed.orphans_killed}
         found += conformance.interrupted_run(f"track.{self.tool}.interrupted", self.tracker_class, killed, ctx.seed)

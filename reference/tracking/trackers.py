@@ -14,6 +14,13 @@ TOOLS = {
     "tensorboard": ("reference.tracking.tensorboard_tracker", "TensorBoardTracker"),
     "wandb": ("reference.tracking.wandb_tracker", "WandbTracker"),
 }
+# The logging modes each tool offers, as constructor options: every conformance property
+# (a killed run's durability above all) must hold in each, not only in the default one.
+MODES: dict[str, dict[str, dict[str, Any]]] = {
+    "mlflow": {"sync": {"synchronous": True}, "async": {"synchronous": False}},
+    "tensorboard": {"default": {}},
+    "wandb": {"default": {}},
+}
 
 
 def tracker_class(tool: str) -> Any:
