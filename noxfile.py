@@ -1,4 +1,4 @@
-"""Sessions: tests, bench-cpu, bench-gpu, asv, gate, report, lint.
+"""Sessions: tests, bench-cpu, bench-gpu, asv, gate, report, mutate, lint.
 
 CPU sessions install with constraints/cpu.txt, which pins the local CPU build of torch
 (any other torch spec pulls several GB of CUDA wheels). bench-gpu creates no environment:
@@ -76,6 +76,100 @@ def report(session: nox.Session) -> None:
     """Regenerate results/README.md, results/index.html and results/schema.json."""
     session.install("-e", ".")
     session.run("mlsuite", "report", "--results", str(RESULTS))
+
+
+# What `nox -s mutate` mutates by default: the statistics, the gate and the pure-Python
+# reference modules (accumulation, AMP, cache, batching, correction, KS, performance monitor).
+MUTATED = ("suite/stats.py", "suite/compare.py", "reference/training/accumulation.py", "reference/training/amp.py",
+           "reference/serving/cache.py", "reference/serving/batching.py", "reference/monitoring/correction.py",
+           "reference/monitoring/ks.py", "reference/monitoring/performance.py")
+MUTATE_TIME_LIMIT_S = 30 * 60
+
+
+@nox.session
+def mutate(session: nox.Session) -> None:
+    """Mutation testing with mutmut, bounded to 30 minutes on 2 cores: `nox -s mutate [-- FILE ...]`.
+
+    Runs in a copy of the working tree (mutmut writes mutants/ next to the code). Each module's
+    mutants meet only the tests that import it (and, inside those, mutmut runs only the tests
+    that reach the mutated function); slow, serving, distributed and GPU tests are left out.
+    Prints the kill rate per module and writes it, with every surviving mutant, to
+    <session tmp>/mutate/kill-rates.json. `--no-venv --no-install` reuses this interpreter."""
+    import json
+    import shutil
+    import subprocess
+
+    install(session, "all,dev")
+    session.install(*CONSTRAINTS, "mutmut>=3.3,<4")
+    modules = session.posargs or list(MUTATED)
+    work = Path(session.create_tmp()).resolve() / "mutate"
+    shutil.rmtree(work, ignore_errors=True)
+    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    for name in tracked:
+        if Path(name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(name, work / name)
+    tests = sorted({str(t) for m in modules for t in tests_importing(m)})
+    if not tests:
+        session.error(f"no test imports any of {modules}")
+    config = {"source_paths": ["suite", "reference"], "only_mutate": modules, "also_copy": ["benchmarks"],
+              "pytest_add_cli_args_test_selection": tests,
+              "pytest_add_cli_args": ["-p", "no:cacheprovider", "-m", "not slow and not serving and not distributed "
+                                      "and not gpu", "--benchmark-disable"]}
+    with (work / "pyproject.toml").open("a") as pyproject:
+        pyproject.write("\n[tool.mutmut]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
+    session.log(f"mutating {modules} against {tests}")
+    session.chdir(work)
+    session.run("timeout", str(MUTATE_TIME_LIMIT_S), "mutmut", "run", "--max-children", "2", external=True,
+                success_codes=[0, 1, 124])
+    listing = session.run("mutmut", "results", "--all", "true", silent=True, external=True) or ""
+    report = kill_rates(listing, modules)
+    (work / "kill-rates.json").write_text(json.dumps(report, indent=2))
+    for module, row in report.items():
+        session.log(f"{module}: {row['killed']}/{row['tested']} killed ({row['kill_rate']:.1%}); "
+                    f"{len(row['survived'])} survived, {row['not_run']} not run")
+
+
+def tests_importing(module: str) -> list[Path]:
+    """Test files that import the module (`a.b.c` as `import a.b.c`, `from a.b.c import` or
+    `from a.b import c`): what its mutants are run against."""
+    import ast
+
+    dotted = module.removesuffix(".py").replace("/", ".")
+    package, _, leaf = dotted.rpartition(".")
+    found = []
+    for path in sorted(Path("tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import) and any(a.name == dotted for a in node.names) or (
+                    isinstance(node, ast.ImportFrom) and (node.module == dotted or (
+                        node.module == package and any(a.name == leaf for a in node.names)))):
+                found.append(path)
+                break
+    return found
+
+
+def kill_rates(listing: str, modules: list[str]) -> dict[str, dict]:
+    """Per module, from `mutmut results --all true` lines (`    a.b.x_f__mutmut_3: killed`)."""
+    report: dict[str, dict] = {}
+    for line in listing.splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        dotted = name.split(".x")[0] if ".x" in name else name.rsplit(".", 1)[0]
+        module = next((m for m in modules if m.removesuffix(".py").replace("/", ".") == dotted), None)
+        if module is None:
+            continue
+        row = report.setdefault(module, {"killed": 0, "tested": 0, "survived": [], "not_run": 0})
+        if status in ("killed", "timeout"):
+            row["killed"] += 1
+        elif status == "survived":
+            row["survived"].append(name)
+        else:
+            row["not_run"] += 1  # not checked, no tests, skipped, suspicious
+            continue
+        row["tested"] += 1
+    for row in report.values():
+        row["kill_rate"] = row["killed"] / row["tested"] if row["tested"] else 0.0
+    return report
 
 
 @nox.session
