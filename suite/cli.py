@@ -1,28 +1,50 @@
-"""`mlsuite`: list, run, compare, gate, report, env, migrate.
+"""`mlsuite`: list, run, compare, gate, ab, calibrate, report, env, migrate.
 
 Bad input (arguments, a config file, a results file) ends in one line on stderr naming the
-problem and exit status 2, never a traceback.
+problem and exit status 2, never a traceback. `gate` and `ab` exit 0 on pass, 1 on a
+regression or a failed check, 3 when the noise left a verdict inconclusive.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from suite import registry
 from suite.errors import SuiteError
+from suite.profiles import PROFILES
 
 EXIT_USAGE = 2
 EXIT_GATE_FAILED = 1
+EXIT_INCONCLUSIVE = 3
+CALIBRATION = Path("results/calibration")
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise SuiteError(f"{self.prog}: {message}")
+
+
+def _selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="quick", choices=list(PROFILES))
+    p.add_argument("--only", default="*", help="glob over scenario ids, e.g. 'training.*'")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="only grid points with this parameter value, e.g. model=mlp (repeatable)")
+    p.add_argument("--config", type=Path, default=None, help="TOML file with [profiles.<name>] budget overrides")
+
+
+def _gating(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fail-on", nargs="*", default=[], metavar="SPEC",
+                   help="e.g. throughput:-5%% latency.p99:+10%% delta:-0.01; default: every metric, "
+                        "5%% in its bad direction (never below the calibrated A/A floor)")
+    p.add_argument("--calibration", type=Path, default=CALIBRATION,
+                   help="folder of calibrated A/A floors (mlsuite calibrate)")
 
 
 def build_parser() -> Parser:
@@ -33,31 +55,42 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("list", help="registered scenarios, their grids and requirements")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--profile", default=None, help="show only the grid of this profile")
+    p.add_argument("--profile", default=None, choices=list(PROFILES), help="show only the grid of this profile")
 
     p = sub.add_parser("run", help="run scenarios, appending records to a results file")
-    p.add_argument("--profile", default="quick", choices=["quick", "full", "gpu"])
-    p.add_argument("--only", default="*", help="glob over scenario ids, e.g. 'training.*'")
+    _selection(p)
     p.add_argument("--out", type=Path, default=Path("results"))
-    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
-                   help="only grid points with this parameter value, e.g. model=mlp (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the newest file of this machine and profile")
-    p.add_argument("--config", type=Path, default=None, help="TOML file with [profiles.<name>] budget overrides")
     p.add_argument("--track", default=None, metavar="TOOL",
                    help="also log every record, as it is written, to this tracker (mlflow, tensorboard, wandb)")
     p.add_argument("--track-dir", type=Path, default=None, help="the tracker's store (default: <out>/tracking/<tool>)")
 
-    p = sub.add_parser("compare", help="per-metric table: medians, ratio, CI, Mann-Whitney p, verdict")
+    p = sub.add_parser("compare", help="per-metric table: run-level change, CI, verdict")
     p.add_argument("baseline", type=Path)
     p.add_argument("current", type=Path)
     p.add_argument("--allow-cross-machine", action="store_true")
+    p.add_argument("--allow-source-change", action="store_true", help="compare records whose scenario source changed")
+    p.add_argument("--calibration", type=Path, default=CALIBRATION)
 
-    p = sub.add_parser("gate", help="exit 1 on a significant regression or a failed check")
+    p = sub.add_parser("gate", help="exit 1 on a regression or a failed check, 3 when inconclusive")
     p.add_argument("--baseline", type=Path, required=True)
     p.add_argument("--current", type=Path, required=True)
-    p.add_argument("--fail-on", nargs="*", default=[], metavar="SPEC",
-                   help="e.g. throughput:-5%% latency.p99:+10%%; default: every metric, 10%% in its bad direction")
+    _gating(p)
     p.add_argument("--allow-cross-machine", action="store_true")
+    p.add_argument("--allow-source-change", action="store_true", help="compare records whose scenario source changed")
+
+    p = sub.add_parser("ab", help="run BASE and HEAD alternately on this host and gate HEAD against BASE")
+    p.add_argument("base", help="a commit, branch or tag (e.g. origin/main)")
+    p.add_argument("head", help="a commit, branch or tag (e.g. HEAD)")
+    _selection(p)
+    _gating(p)
+    p.add_argument("--rounds", type=int, default=6, help="process runs per side, alternating (default 6)")
+    p.add_argument("--out", type=Path, default=Path("results/ab"))
+
+    p = sub.add_parser("calibrate", help="measure this machine's A/A noise per scenario and metric")
+    _selection(p)
+    p.add_argument("--runs", type=int, default=8, help="process runs of the same code per scenario (default 8)")
+    p.add_argument("--out", type=Path, default=CALIBRATION)
 
     p = sub.add_parser("report", help="regenerate results/README.md and results/index.html")
     p.add_argument("--results", type=Path, default=Path("results"))
@@ -96,6 +129,51 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_where(args: argparse.Namespace) -> dict[str, str]:
+    """--where KEY=VALUE pairs; a key no selected scenario has is a typo, not a filter."""
+    malformed = [w for w in args.where if "=" not in w]
+    if malformed:
+        raise SuiteError(f"--where takes KEY=VALUE, got {malformed[0]!r}")
+    where = dict(w.split("=", 1) for w in args.where)
+    discover(args.packages)
+    known = {key for cls, params in registry.select(args.only, args.profile) for key in params}
+    unknown = sorted(set(where) - known)
+    if unknown:
+        raise SuiteError(f"--where {unknown[0]}: no selected scenario has that parameter; "
+                         f"they have {', '.join(sorted(known)) or 'none'}")
+    return where
+
+
+class Progress:
+    """`[k/N] elapsed, ETA` on one status line: the ETA from the mean time per started run."""
+
+    def __init__(self, status_line: Any) -> None:
+        self.status_line = status_line
+        self.started = time.monotonic()
+
+    def __call__(self, label: str, index: int, total: int) -> None:
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / max(index - 1, 1) * (total - index + 1) if index > 1 else None
+        when = f"{elapsed / 60:.1f} min elapsed" + (f", ~{eta / 60:.1f} min left" if eta is not None else "")
+        self.status_line.update(f"[{index}/{total}] {when}: {label}")
+
+
+def summarize_run(console: Any, records: list) -> None:  # type: ignore[type-arg]
+    """The end of a run names every record that is not ok, with its reason."""
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.status.value] = counts.get(record.status.value, 0) + 1
+    console.print("summary: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())), highlight=False)
+    for record in records:
+        if record.status.value != "ok":
+            console.print(f"  {record.status.value:>7} {record.scenario} {record.params}: {record.reason[:300]}",
+                          highlight=False, markup=False)
+    oversubscribed = [r for r in records if r.oversubscribed]
+    if oversubscribed:
+        console.print(f"  {len(oversubscribed)} record(s) had a run measured on an oversubscribed host "
+                      f"(threads waited for a CPU); their timings are flagged", highlight=False)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -103,10 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from suite.runner import run
 
     budget = load_budget(args.profile, args.config)
-    malformed = [w for w in args.where if "=" not in w]
-    if malformed:
-        raise SuiteError(f"--where takes KEY=VALUE, got {malformed[0]!r}")
-    where = dict(w.split("=", 1) for w in args.where)
+    where = parse_where(args)
     track = None
     if args.track:
         from suite.sinks import sink_for
@@ -114,11 +189,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         track = sink_for(args.track, args.track_dir or args.out / "tracking" / args.track, args.packages)
     console = Console(stderr=True)
     status_line = console.status("starting")
+    written: list = []  # type: ignore[type-arg]
     with status_line:
-        def on_start(label: str, index: int, total: int) -> None:
-            status_line.update(f"[{index}/{total}] {label}")
+        on_start = Progress(status_line)
 
         def on_record(record) -> None:  # type: ignore[no-untyped-def]
+            written.append(record)
             colour = {"ok": "green", "failed": "red", "error": "red", "skipped": "yellow"}[record.status.value]
             console.print(f"[{colour}]{record.status.value:>7}[/] {record.scenario} {record.params} "
                           f"{record.duration_s:.1f}s {record.reason[:160]}", markup=True, highlight=False)
@@ -131,6 +207,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         path = run(args.only, args.profile, budget, args.out, where=where, resume=args.resume,
                    packages=args.packages, on_start=on_start, on_record=on_record,
                    on_warning=lambda text: console.print(f"[yellow]warning:[/] {text}", highlight=False))
+    summarize_run(console, written)
     print(path)
     return 0
 
@@ -139,39 +216,117 @@ def print_comparisons(rows: list) -> None:  # type: ignore[type-arg]
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("scenario", "params", "metric", "baseline", "current", "ratio", "ratio CI", "p", "verdict")
+    from suite.compare import describe_change, describe_detectable
+
+    table = Table("scenario", "params", "metric", "baseline", "current", "change", "95% CI of change", "q",
+                  "verdict")
     for r in rows:
-        p = "-" if r.p_value is None else f"{r.p_value:.3g}"
+        q = "-" if r.p_value is None else f"{r.p_value:.3g}"
+        ci = "-" if r.change_ci[0] != r.change_ci[0] else f"[{r.change_ci[0]:+.3g}, {r.change_ci[1]:+.3g}]"
+        verdict = r.verdict.value
+        if r.detectable is not None:
+            verdict += f" ({describe_detectable(r)})"
+        elif r.detail:
+            verdict += f" ({r.detail})"
         table.add_row(r.scenario, ", ".join(f"{k}={v}" for k, v in r.params.items()),
                       f"{r.metric}.{r.stat} ({r.unit})", f"{r.baseline:.4g}", f"{r.current:.4g}",
-                      f"{r.ratio:.3f}", f"[{r.ratio_ci[0]:.3f}, {r.ratio_ci[1]:.3f}]", p, r.verdict)
-    Console(width=200).print(table)
+                      describe_change(r), ci, q, verdict)
+    Console(width=220).print(table)
+
+
+def _floors(folder: Path, records: list) -> dict:  # type: ignore[type-arg]
+    from suite.calibration import floors_for
+
+    return floors_for(folder, records[0].env.machine_id) if records else {}
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from suite.compare import compare, load_many
+    from suite.compare import compare
+    from suite.schema import load_many
 
-    rows = compare(load_many([args.baseline]), load_many([args.current]),
-                   allow_cross_machine=args.allow_cross_machine)
+    base, cur = load_many([args.baseline]), load_many([args.current])
+    rows = compare(base, cur, allow_cross_machine=args.allow_cross_machine, floors=_floors(args.calibration, cur),
+                   allow_source_change=args.allow_source_change)
     if not rows:
         raise SuiteError("the two result sets share no scenario × params × metric")
     print_comparisons(rows)
     return 0
 
 
-def cmd_gate(args: argparse.Namespace) -> int:
-    from suite.compare import RegressionCheck, gate, load_many
-
-    rules = [RegressionCheck.parse(spec) for spec in args.fail_on]
-    result = gate(load_many([args.baseline]), load_many([args.current]), rules,
-                  args.allow_cross_machine)
-    if not result.comparisons:
-        raise SuiteError("the two result sets share no scenario × params × metric")
+def report_gate(result) -> int:  # type: ignore[no-untyped-def]
+    """Print the verdicts and failures; the exit status: 0 pass, 1 failed, 3 inconclusive."""
     print_comparisons(result.comparisons)
+    for known in result.known_failures:
+        print(f"known failure (failed in the baseline too): {known}")
     for failure in result.failures:
         print(f"GATE FAIL: {failure}")
-    print("gate: " + ("passed" if result.passed else f"FAILED ({len(result.failures)})"))
-    return 0 if result.passed else EXIT_GATE_FAILED
+    if result.failures:
+        print(f"gate: FAILED ({len(result.failures)})")
+        return EXIT_GATE_FAILED
+    if result.inconclusive:
+        print(f"gate: INCONCLUSIVE ({len(result.inconclusive)} metric(s): the noise hides the threshold; "
+              f"see the detectable effect and the runs it would take)")
+        return EXIT_INCONCLUSIVE
+    print("gate: passed")
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from suite.compare import RegressionCheck, gate
+    from suite.schema import load_many
+
+    rules = [RegressionCheck.parse(spec) for spec in args.fail_on]
+    base, cur = load_many([args.baseline]), load_many([args.current])
+    result = gate(base, cur, rules, args.allow_cross_machine, floors=_floors(args.calibration, cur),
+                  allow_source_change=args.allow_source_change)
+    if not result.comparisons and not result.failures:
+        raise SuiteError("the two result sets share no scenario × params × metric")
+    return report_gate(result)
+
+
+def cmd_ab(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from suite.ab import ab
+    from suite.calibration import floors_for
+    from suite.compare import RegressionCheck
+    from suite.environment import fingerprint
+    from suite.profiles import load_budget
+
+    rules = [RegressionCheck.parse(spec) for spec in args.fail_on]
+    budget = load_budget(args.profile, args.config)
+    where = parse_where(args)
+    floors = floors_for(args.calibration, fingerprint(budget.seed).machine_id)
+    console = Console(stderr=True)
+    with console.status("starting") as status_line:
+        result = ab(args.base, args.head, args.only, args.profile, budget, args.out, rounds=args.rounds,
+                    where=where, rules=rules, floors=floors, packages=args.packages,
+                    on_start=Progress(status_line))
+    print(f"records: {result.base_path} {result.head_path}\nverdicts: {result.verdicts_path}")
+    return report_gate(result.gate)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from suite.calibration import calibrate
+    from suite.profiles import load_budget
+    from suite.runner import run
+    from suite.schema import load_records
+
+    if args.runs < 4:
+        raise SuiteError("--runs must be at least 4 to estimate a spread")
+    budget = load_budget(args.profile, args.config).model_copy(update={"replicates": args.runs})
+    where = parse_where(args)
+    from rich.console import Console
+
+    with tempfile.TemporaryDirectory(prefix="mlsuite-calibrate-") as tmp, \
+            Console(stderr=True).status("starting") as status_line:
+        path = run(args.only, args.profile, budget, Path(tmp), where=where, packages=args.packages,
+                   on_start=Progress(status_line))
+        stored = calibrate(load_records(path), args.out)
+    print(stored)
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -195,12 +350,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from suite.schema import migrate_file
 
     for path in args.files:
-        print(f"{path}: {migrate_file(path)} records at the current schema")
+        count, rewritten = migrate_file(path)
+        print(f"{path}: {count} records " + ("upgraded (original kept as a backup)" if rewritten
+                                             else "already at the current schema; left untouched"))
     return 0
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "compare": cmd_compare, "gate": cmd_gate,
-            "report": cmd_report, "env": cmd_env, "migrate": cmd_migrate}
+COMMANDS = {"list": cmd_list, "run": cmd_run, "compare": cmd_compare, "gate": cmd_gate, "ab": cmd_ab,
+            "calibrate": cmd_calibrate, "report": cmd_report, "env": cmd_env, "migrate": cmd_migrate}
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -219,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mlsuite: interrupted; records written so far are kept (use --resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`mlsuite list | head`): not an error, and no traceback at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -13,13 +13,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from suite.schema import Environment, Git
+from suite import host
+from suite.schema import Environment, Git, comparable_machine_id
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def machine_id() -> str:
-    """Stable per machine, not per boot: a hash of /etc/machine-id (hostname as fallback)."""
+def host_id() -> str:
+    """Which box (stable per machine, not per boot): a hash of /etc/machine-id, hostname as
+    fallback. Not what makes numbers comparable: containers share it across different hosts."""
     for path in (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id")):
         if path.exists() and (text := path.read_text().strip()):
             return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -89,9 +91,11 @@ def thread_settings() -> dict[str, Any]:
 
 
 def fingerprint(seed: int) -> Environment:
+    cores, model, ram, gpu, quota = os.cpu_count() or 1, cpu_model(), ram_bytes(), gpu_details(), host.cgroup_cpus()
     return Environment(
-        machine_id=machine_id(), hostname=socket.gethostname(), cpu_model=cpu_model(),
-        cpu_cores=os.cpu_count() or 1, ram_bytes=ram_bytes(), **gpu_details(),
+        machine_id=comparable_machine_id(model, cores, ram, gpu["gpu_name"], quota), host_id=host_id(),
+        cgroup_cpus=quota, hostname=socket.gethostname(), cpu_model=model,
+        cpu_cores=cores, ram_bytes=ram, **gpu,
         python=sys.version.split()[0], platform=platform.platform(),
         packages=family_packages(), threads=thread_settings(), seed=seed,
     )

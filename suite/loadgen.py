@@ -9,53 +9,41 @@ the schedule, the timing and the statistics belong here:
   tail instead of being hidden by coordinated omission;
 - windows by duration or by count; a load point is accepted when the last three windows
   agree within 10% on throughput and on p99, otherwise it is reported `unstable`;
+- load windows as a self-timed contender of `suite.timing.time_interleaved`, so a server's
+  throughput and the raw in-process limit (or another server) share the same minutes;
+- goodput by search: bisection on the Poisson rate for the highest rate whose p99 meets an
+  SLO with enough samples to claim a p99, plus the knee of the latency-throughput curve;
 - results: throughput, latency percentiles with the sample-size floor of `suite.stats`,
-  errors by kind, goodput (the highest offered rate whose p99 meets an SLO), and the
-  generator's own capacity: requests per second of CPU it wanted (time on a CPU plus time
-  waiting in the run queue for one), so a reader can see it was not the bottleneck it
-  measured even on a machine where it has to share the cores.
+  errors by kind, latency as an HdrHistogram export, and the generator's own capacity
+  (requests per second of CPU it wanted), so a reader can see it was not the bottleneck.
 
-`wrk` and `hey` (Debian packages) run on the same endpoint to validate it.
-Adapters: HTTP JSON (a lean keep-alive HTTP/1.1 client on asyncio), TorchServe REST,
-KServe v2 JSON on the same lean client, and Triton through `tritonclient` over HTTP and
-gRPC.
+The HTTP client is `suite.httpclient`; servers' adapters and the cross-check against
+wrk and hey live with the servers (`reference/serving`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
-import re
-import shutil
-import subprocess
-import tempfile
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import numpy as np
 
 from suite import stats
+from suite.httpclient import RequestFailed
 from suite.schema import Metric
 
 STABILITY_WINDOWS = 3
 STABILITY_TOLERANCE = 0.10
 MAX_OUTSTANDING = 4096  # open loop: arrivals beyond this many in flight count as `overload`
 DRAIN_TIMEOUT_S = 5.0
-
-
-class RequestFailed(Exception):
-    """An adapter's way of saying a request did not succeed, and of what kind of failure."""
-
-    def __init__(self, kind: str, detail: str = "") -> None:
-        super().__init__(f"{kind}: {detail}" if detail else kind)
-        self.kind = kind
 
 
 class Adapter(Protocol):
@@ -207,7 +195,8 @@ class LoadResult:
             "window_throughput": [round(w.throughput, 2) for w in self.windows],
             "window_p99_s": [w.p99 for w in self.windows],
             "errors": dict(self.errors), "completed": self.completed,
-            "loadgen_capacity_req_s": self.capacity,
+            "loadgen_capacity_req_s": self.capacity, "p99_s": self.p99,
+            "latency_hdr_us": hdr_export(self.latencies),
         }
 
 
@@ -224,13 +213,6 @@ def metrics(result: LoadResult, prefix: str) -> list[Metric]:
         found.append(stats.summarize(f"{prefix}issue_lag", "s", False, result.issue_lag))
     found.append(stats.scalar(f"{prefix}stable", "bool", True, float(result.stable)))
     return found
-
-
-def goodput(results: Sequence[LoadResult], slo_p99_s: float, max_error_fraction: float = 0.01) -> float:
-    """The highest offered rate whose p99 meets the SLO with (almost) no errors; 0 if none."""
-    passing = [r.level for r in results
-               if r.mode == "open" and r.p99 <= slo_p99_s and r.error_fraction <= max_error_fraction]
-    return max(passing, default=0.0)
 
 
 # --------------------------------------------------------------------------- the loops
@@ -270,16 +252,18 @@ async def _issue_recorded(adapter: Adapter, prepared: Any, origin: float, record
         recorder.success(origin)
 
 
-async def _measure_windows(recorder: _Recorder, policy: WindowPolicy) -> tuple[list[Window], bool, float]:
-    """Wait out warm-up, then cut windows until stable or max_windows; returns the
-    windows, the verdict and the generator's CPU demand while measuring."""
+async def _measure_windows(recorder: _Recorder, policy: WindowPolicy,
+                           fixed: int | None = None) -> tuple[list[Window], bool, float]:
+    """Wait out warm-up, then cut windows until stable or max_windows (exactly `fixed`
+    windows when given); returns the windows, the verdict and the generator's CPU demand
+    while measuring."""
     clock = recorder.clock
     await asyncio.sleep(policy.warmup_s)
     windows: list[Window] = []
     demand_start = cpu_demand_s()
     start = clock()
     cursor = len(recorder.events)
-    while len(windows) < policy.max_windows:
+    while len(windows) < (fixed or policy.max_windows):
         if policy.duration_s is not None:
             await asyncio.sleep(max(0.0, start + policy.duration_s - clock()))
             end = clock()
@@ -299,9 +283,9 @@ async def _measure_windows(recorder: _Recorder, policy: WindowPolicy) -> tuple[l
         windows.append(Window(start, end, [lat for _, lat, kind in chunk if kind is None],
                               Counter(kind for _, _, kind in chunk if kind is not None)))
         cursor, start = upto, end
-        if stable(windows, policy.tolerance):
+        if fixed is None and stable(windows, policy.tolerance):
             return windows, True, cpu_demand_s() - demand_start
-    return windows, False, cpu_demand_s() - demand_start
+    return windows, stable(windows, policy.tolerance), cpu_demand_s() - demand_start
 
 
 async def _finish(tasks: Sequence[asyncio.Task[Any]]) -> None:
@@ -315,8 +299,10 @@ async def _finish(tasks: Sequence[asyncio.Task[Any]]) -> None:
 
 
 async def closed_loop(adapter: Adapter, prepared: Sequence[Any], concurrency: int,
-                      policy: WindowPolicy, clock: Callable[[], float] = time.perf_counter) -> LoadResult:
-    """`concurrency` callers, each issuing its next request as soon as the last returns."""
+                      policy: WindowPolicy, clock: Callable[[], float] = time.perf_counter,
+                      fixed: int | None = None) -> LoadResult:
+    """`concurrency` callers, each issuing its next request as soon as the last returns
+    (exactly `fixed` windows when given, else until stable)."""
     if concurrency < 1 or not prepared:
         raise ValueError("closed loop needs concurrency >= 1 and at least one request")
     recorder = _Recorder(clock)
@@ -329,7 +315,7 @@ async def closed_loop(adapter: Adapter, prepared: Sequence[Any], concurrency: in
 
     tasks = [asyncio.create_task(caller(k)) for k in range(concurrency)]
     try:
-        windows, verdict, demand_s = await _measure_windows(recorder, policy)
+        windows, verdict, demand_s = await _measure_windows(recorder, policy, fixed)
     finally:
         running = False
         await _finish(tasks)
@@ -384,250 +370,19 @@ async def open_loop(adapter: Adapter, prepared: Sequence[Any], rate: float, poli
     return LoadResult("open", rate, windows, verdict, demand_s, issue_lag=lag)
 
 
-def run(coroutine_factory: Callable[[], Any]) -> Any:
-    """Run a load coroutine to completion on a fresh event loop (uvloop when present)."""
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     try:
         import uvloop
 
-        return uvloop.run(coroutine_factory())
+        return uvloop.new_event_loop
     except ImportError:
-        return asyncio.run(coroutine_factory())
+        return asyncio.new_event_loop
 
 
-# --------------------------------------------------------------------------- adapters
-
-
-class _HttpConnection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection that parses just enough of a response: the
-    status line, Content-Length or chunked encoding, and `Connection: close`."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-        self.reusable = True
-        self._head: tuple[int, int | None, bool, int] | None = None  # status, length, chunked, body start
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.reusable = False
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionResetError(f"connection closed mid-response ({exc})"))
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if self.waiter is None or self.waiter.done():
-            return
-        try:
-            response = self._parse()
-        except ValueError as exc:
-            self.reusable = False
-            self.waiter.set_exception(RequestFailed("protocol", str(exc)))
-            return
-        if response is not None:
-            self.waiter.set_result(response)
-
-    def _parse(self) -> tuple[int, bytes] | None:
-        if self._head is None:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return None
-            lines = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
-            status = int(lines[0].split(" ", 2)[1])
-            headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
-            declared = headers.get("content-length")
-            if headers.get("connection", "").lower() == "close":
-                self.reusable = False
-            chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-            self._head = (status, int(declared) if declared is not None else None, chunked, end + 4)
-        status, length, chunked, start = self._head
-        if chunked:
-            body, consumed = _dechunk(self.buffer, start)
-            if body is None:
-                return None
-        else:
-            if length is None:
-                raise ValueError("response without Content-Length or chunked encoding")
-            if len(self.buffer) < start + length:
-                return None
-            body, consumed = bytes(self.buffer[start:start + length]), start + length
-        del self.buffer[:consumed]
-        self._head = None
-        return status, body
-
-    async def request(self, payload: bytes) -> tuple[int, bytes]:
-        assert self.transport is not None
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(payload)
-        return await self.waiter
-
-    def close(self) -> None:
-        self.reusable = False
-        if self.transport is not None:
-            self.transport.close()
-
-
-def _dechunk(buffer: bytearray, start: int) -> tuple[bytes | None, int]:
-    """The body of a chunked response and the bytes it took, or (None, 0) if incomplete."""
-    parts: list[bytes] = []
-    position = start
-    while True:
-        line_end = buffer.find(b"\r\n", position)
-        if line_end < 0:
-            return None, 0
-        size = int(bytes(buffer[position:line_end]).split(b";")[0], 16)
-        position = line_end + 2
-        if size == 0:
-            trailer_end = buffer.find(b"\r\n", position)
-            return (b"".join(parts), trailer_end + 2) if trailer_end >= 0 else (None, 0)
-        if len(buffer) < position + size + 2:
-            return None, 0
-        parts.append(bytes(buffer[position:position + size]))
-        position += size + 2
-
-
-class HttpJsonAdapter:
-    """POST JSON to one URL over at most `max_connections` keep-alive connections (as wrk2
-    does: more arrivals than connections wait for one, and that wait counts in their
-    latency); a non-2xx status is a failure of kind `http_<status>`."""
-
-    def __init__(self, url: str, headers: dict[str, str] | None = None, timeout_s: float = 30.0,
-                 to_json: Callable[[Any], Any] | None = None, outputs_key: str = "outputs",
-                 max_connections: int = 64) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"HttpJsonAdapter needs an http:// URL, got {url!r}")
-        self.url = url
-        self.host, self.port = parts.hostname, parts.port or 80
-        self.path = parts.path or "/"
-        self.timeout_s = timeout_s
-        self.to_json = to_json or (lambda request: request)  # a request as the server's JSON body
-        self.outputs_key = outputs_key
-        extra = {"Content-Type": "application/json", **(headers or {})}
-        self._head = (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                      + "".join(f"{k}: {v}\r\n" for k, v in extra.items()))
-        self.headers = extra
-        self.max_connections = max_connections
-        self._idle: list[_HttpConnection] = []
-        self._slots: asyncio.Semaphore | None = None  # made in the running loop
-
-    def encode(self, request: Any) -> bytes:
-        return json.dumps(self.to_json(request)).encode()
-
-    def prepare(self, request: Any) -> bytes:
-        body = request if isinstance(request, bytes) else self.encode(request)
-        return f"{self._head}Content-Length: {len(body)}\r\n\r\n".encode() + body
-
-    async def _connection(self) -> _HttpConnection:
-        while self._idle:
-            connection = self._idle.pop()
-            if connection.reusable:
-                return connection
-        _, connection = await asyncio.get_running_loop().create_connection(
-            _HttpConnection, self.host, self.port)
-        return connection
-
-    async def issue(self, prepared: bytes) -> bytes:
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.max_connections)
-        async with self._slots:
-            async with asyncio.timeout(self.timeout_s):
-                connection = await self._connection()
-                try:
-                    status, body = await connection.request(prepared)
-                except BaseException:
-                    connection.close()  # a half-read response makes the connection useless
-                    raise
-            if connection.reusable:
-                self._idle.append(connection)
-        if not 200 <= status < 300:
-            raise RequestFailed(f"http_{status}", body[:200].decode(errors="replace"))
-        return body
-
-    def outputs(self, response: bytes) -> np.ndarray:
-        return np.asarray(json.loads(response)[self.outputs_key], dtype=np.float64)
-
-    async def aclose(self) -> None:
-        for connection in self._idle:
-            connection.close()
-        self._idle.clear()
-        self._slots = None
-
-
-class TorchServeAdapter(HttpJsonAdapter):
-    """TorchServe's inference API: POST /predictions/<model> with the inference token."""
-
-    def __init__(self, base_url: str, model: str, token: str | None, timeout_s: float = 30.0,
-                 to_json: Callable[[Any], Any] | None = None) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        super().__init__(f"{base_url.rstrip('/')}/predictions/{model}", headers, timeout_s, to_json)
-
-
-class KServeJsonAdapter(HttpJsonAdapter):
-    """The KServe v2 (Triton) inference protocol in JSON over the lean HTTP client: one
-    FP32 input tensor, batch dimension first. Costs the generator far less CPU per request
-    than tritonclient, so the server, not the client, sets the pace."""
-
-    def __init__(self, infer_url: str, input_name: str = "INPUT", output_name: str = "OUTPUT",
-                 timeout_s: float = 30.0) -> None:
-        super().__init__(infer_url, timeout_s=timeout_s, to_json=self._tensor)
-        self.input_name, self.output_name = input_name, output_name
-
-    def _tensor(self, request: Any) -> dict[str, Any]:
-        rows = np.atleast_2d(np.asarray(request, dtype=np.float32))
-        return {"inputs": [{"name": self.input_name, "shape": list(rows.shape), "datatype": "FP32",
-                            "data": rows.reshape(-1).tolist()}]}
-
-    def outputs(self, response: bytes) -> np.ndarray:
-        found = next(o for o in json.loads(response)["outputs"] if o["name"] == self.output_name)
-        return np.asarray(found["data"], dtype=np.float64).reshape(found["shape"])
-
-
-class _TritonAdapter:
-    """Shared by the Triton HTTP and gRPC adapters: one FP32 input, one output, the batch
-    dimension first. A request is a (rows, features) array."""
-
-    def __init__(self, client: Any, module: Any, model: str, input_name: str, output_name: str) -> None:
-        self.client, self.module = client, module
-        self.model, self.input_name, self.output_name = model, input_name, output_name
-
-    def prepare(self, request: Any) -> Any:
-        rows = np.atleast_2d(np.asarray(request, dtype=np.float32))
-        tensor = self.module.InferInput(self.input_name, list(rows.shape), "FP32")
-        tensor.set_data_from_numpy(rows)
-        return [tensor]
-
-    async def issue(self, prepared: Any) -> Any:
-        from tritonclient.utils import InferenceServerException
-
-        try:
-            return await self.client.infer(self.model, prepared)
-        except InferenceServerException as exc:
-            raise RequestFailed(f"triton_{exc.status() or 'error'}", exc.message() or "") from None
-
-    def outputs(self, response: Any) -> np.ndarray:
-        return np.asarray(response.as_numpy(self.output_name), dtype=np.float64)
-
-    async def aclose(self) -> None:
-        await self.client.close()
-
-
-class TritonHttpAdapter(_TritonAdapter):
-    def __init__(self, url: str, model: str, input_name: str = "INPUT", output_name: str = "OUTPUT",
-                 concurrency: int = 64) -> None:
-        import tritonclient.http.aio as module
-
-        client = module.InferenceServerClient(urlsplit(url).netloc or url, conn_limit=max(concurrency, 100))
-        super().__init__(client, module, model, input_name, output_name)
-
-
-class TritonGrpcAdapter(_TritonAdapter):
-    def __init__(self, address: str, model: str, input_name: str = "INPUT", output_name: str = "OUTPUT") -> None:
-        import tritonclient.grpc.aio as module
-
-        super().__init__(module.InferenceServerClient(address), module, model, input_name, output_name)
+def run(coroutine_factory: Callable[[], Any]) -> Any:
+    """Run a load coroutine to completion on a fresh event loop (uvloop when present)."""
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(coroutine_factory())
 
 
 async def fetch_outputs(adapter: Adapter, requests: Sequence[Any], concurrency: int = 1) -> list[np.ndarray]:
@@ -643,72 +398,192 @@ async def fetch_outputs(adapter: Adapter, requests: Sequence[Any], concurrency: 
     return list(await asyncio.gather(*(one(p) for p in prepared)))
 
 
-# --------------------------------------------------------------------------- validation
 
 
-@dataclass(frozen=True)
-class ExternalResult:
-    tool: str
-    throughput: float  # requests/s
-    p50_s: float
-    non_2xx: int
+# --------------------------------------------------------------------------- export
 
 
-_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+HDR_LOWEST_US, HDR_HIGHEST_US, HDR_DIGITS = 1, 60_000_000, 3
 
 
-def parse_wrk(text: str) -> ExternalResult:
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", text, re.MULTILINE)
-    if rate is None or p50 is None:
-        raise ValueError(f"cannot read wrk output: {text[-300:]!r}")
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    return ExternalResult("wrk", float(rate.group(1)), float(p50.group(1)) * _UNITS[p50.group(2)],
-                          int(bad.group(1)) if bad else 0)
+def hdr_export(latencies: Sequence[float]) -> str:
+    """Latencies (seconds) as a compressed, base64 HdrHistogram in microseconds (1 us to
+    60 s, 3 significant digits): the format HdrHistogram's tools in every language decode,
+    merge and replay (`HdrHistogram.decode`)."""
+    from hdrh.histogram import HdrHistogram
+
+    histogram = HdrHistogram(HDR_LOWEST_US, HDR_HIGHEST_US, HDR_DIGITS)
+    for seconds in latencies:
+        histogram.record_value(min(HDR_HIGHEST_US, max(HDR_LOWEST_US, round(seconds * 1e6))))
+    return histogram.encode().decode("ascii")
 
 
-def parse_hey(text: str) -> ExternalResult:
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    p50 = re.search(r"50%+ in ([\d.]+) secs", text)
-    if rate is None or p50 is None:
-        raise ValueError(f"cannot read hey output: {text[-300:]!r}")
-    codes = {int(c): int(n) for c, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", text)}
-    return ExternalResult("hey", float(rate.group(1)), float(p50.group(1)),
-                          sum(n for c, n in codes.items() if not 200 <= c < 300))
+# --------------------------------------------------------------------------- sessions
 
 
-def run_external(tool: str, adapter: HttpJsonAdapter, request: Any, concurrency: int,
-                 duration_s: float) -> ExternalResult:
-    """Drive the adapter's endpoint with wrk or hey: same body, headers and concurrency,
-    one generator thread for wrk (like this one)."""
-    if shutil.which(tool) is None:
-        raise FileNotFoundError(f"{tool} is not on PATH (Debian: apt-get install {tool})")
-    body = request if isinstance(request, bytes) else adapter.encode(request)
-    seconds = max(1, round(duration_s))
-    with tempfile.TemporaryDirectory(prefix="loadgen-") as tmp:
-        body_path = Path(tmp, "body")
-        body_path.write_bytes(body)
-        if tool == "wrk":
-            lines = ['wrk.method = "POST"', f'wrk.body = io.open("{body_path}", "rb"):read("*a")']
-            lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in adapter.headers.items()]
-            script = Path(tmp, "post.lua")
-            script.write_text("\n".join(lines) + "\n")
-            command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script), adapter.url]
-            parse = parse_wrk
-        elif tool == "hey":
-            command = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-D", str(body_path)]
-            for k, v in adapter.headers.items():
-                command += ["-T", v] if k.lower() == "content-type" else ["-H", f"{k}: {v}"]
-            command.append(adapter.url)
-            parse = parse_hey
+class LoadSession:
+    """One event loop (uvloop when present) and one adapter kept across load points, so
+    points and interleaved windows reuse warm connections instead of opening new ones."""
+
+    def __init__(self, factory: Callable[[], Adapter], requests: Sequence[Any]) -> None:
+        self._runner = asyncio.Runner(loop_factory=_loop_factory())
+
+        async def make() -> tuple[Adapter, list[Any]]:
+            adapter = factory()
+            return adapter, [adapter.prepare(r) for r in requests]
+
+        self.adapter, self.prepared = self._runner.run(make())
+
+    def closed(self, concurrency: int, policy: WindowPolicy, fixed: int | None = None) -> LoadResult:
+        return self._runner.run(closed_loop(self.adapter, self.prepared, concurrency, policy, fixed=fixed))
+
+    def open(self, rate: float, policy: WindowPolicy, seed: int = 0) -> LoadResult:
+        return self._runner.run(open_loop(self.adapter, self.prepared, rate, policy, seed=seed))
+
+    def window_source(self, concurrency: int, window_s: float) -> WindowSource:
+        return WindowSource(self, concurrency, window_s)
+
+    def close(self) -> None:
+        self._runner.run(self.adapter.aclose())
+        self._runner.close()
+
+    def __enter__(self) -> LoadSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class WindowSource:
+    """A server under closed-loop load as a self-timed contender of
+    `suite.timing.time_interleaved`: `run(n)` drives n consecutive windows of `window_s`
+    and returns each as seconds per completed request (1 / throughput), so medians of
+    these samples compare with seconds per item of any in-process contender. Every window
+    it cut is kept (warm-up's first), for latency percentiles and provenance."""
+
+    session: LoadSession
+    concurrency: int
+    window_s: float
+    results: list[LoadResult] = field(default_factory=list)
+
+    def __call__(self, n: int) -> list[float]:
+        policy = WindowPolicy(duration_s=self.window_s, max_windows=max(STABILITY_WINDOWS, n), warmup_s=0.0)
+        result = self.session.closed(self.concurrency, policy, fixed=n)
+        self.results.append(result)
+        return [(w.end - w.start) / max(1, len(w.latencies)) for w in result.windows]
+
+    def windows(self, last: int) -> list[Window]:
+        """The last `last` windows: those the interleaving kept as samples (warm-up's came first)."""
+        return [w for r in self.results for w in r.windows][-last:]
+
+    def latencies(self, last: int) -> list[float]:
+        return [s for w in self.windows(last) for s in w.latencies]
+
+    def errors(self, last: int) -> int:
+        return sum(sum(w.errors.values()) for w in self.windows(last))
+
+
+# --------------------------------------------------------------------------- goodput
+
+
+P99_FLOOR = stats.min_samples_for(99.0)  # completions a probe needs before its p99 counts
+
+
+def meets_slo(result: LoadResult, slo_p99_s: float, max_error_fraction: float = 0.01) -> bool:
+    """A load point meets the SLO when its p99 is claimable (enough samples), within the
+    SLO, and (almost) nothing failed."""
+    return (result.completed >= P99_FLOOR and result.p99 <= slo_p99_s
+            and result.error_fraction <= max_error_fraction)
+
+
+def probe_policy(rate: float, policy: WindowPolicy) -> WindowPolicy:
+    """Windows long enough that the accepted ones hold P99_FLOOR completions at `rate`."""
+    needed_s = 1.2 * P99_FLOOR / (rate * STABILITY_WINDOWS)
+    return WindowPolicy(duration_s=max(policy.duration_s or 0.0, needed_s), max_windows=policy.max_windows,
+                        warmup_s=policy.warmup_s, tolerance=policy.tolerance)
+
+
+@dataclass
+class GoodputSearch:
+    goodput: float  # req/s: the highest offered rate found to meet the SLO (0: none)
+    probes: list[LoadResult]
+    slo_p99_s: float
+
+    def curve(self) -> list[dict[str, float]]:
+        """The latency-throughput points, by offered rate, for plotting and export."""
+        return [{"offered": r.level, "throughput": r.throughput, "p50_s": _pct(r, 50), "p99_s": r.p99,
+                 "errors": float(sum(r.errors.values())), "meets_slo": float(meets_slo(r, self.slo_p99_s))}
+                for r in sorted(self.probes, key=lambda r: r.level)]
+
+
+def _pct(result: LoadResult, q: float) -> float:
+    return float(np.percentile(result.latencies, q)) if result.latencies else math.inf
+
+
+def search_goodput(probe: Callable[[float], LoadResult], high: float, slo_p99_s: float, *,
+                   rel_tolerance: float = 0.05, max_probes: int = 8,
+                   max_error_fraction: float = 0.01) -> GoodputSearch:
+    """Bisection on the offered rate between 0 and `high` (e.g. 1.2 x the closed-loop
+    peak): each probe runs an open loop at a rate and is judged by `meets_slo`; stops when
+    the bracket is within `rel_tolerance` of its top or after `max_probes`. A rate of
+    `high` that already meets the SLO ends the search there."""
+    if high <= 0:
+        raise ValueError(f"the search needs a positive upper rate, got {high}")
+    probes: list[LoadResult] = []
+
+    def passes(rate: float) -> bool:
+        probes.append(probe(rate))
+        return meets_slo(probes[-1], slo_p99_s, max_error_fraction)
+
+    low = 0.0
+    if passes(high):
+        return GoodputSearch(high, probes, slo_p99_s)
+    while len(probes) < max_probes and high - low > rel_tolerance * high:
+        middle = (low + high) / 2
+        if passes(middle):
+            low = middle
         else:
-            raise ValueError(f"unknown external load generator {tool!r}; wrk or hey")
-        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{tool} exited with {done.returncode}: {done.stderr[-300:]}")
-    return parse(done.stdout)
+            high = middle
+    return GoodputSearch(low, probes, slo_p99_s)
 
 
-def agreement(ours: float, theirs: float) -> float:
-    """|ours / theirs - 1|: relative disagreement with an external reference."""
-    return abs(ours / theirs - 1.0) if theirs > 0 else math.inf
+def knee(throughput: Sequence[float], latency: Sequence[float]) -> int | None:
+    """Index of the knee of a latency-throughput curve (Kneedle, Satopaa et al. 2011): after
+    scaling both axes to [0, 1], the point farthest below the chord from the first to the
+    last point, i.e. where more throughput starts to cost disproportionate latency. None
+    with fewer than three points or a flat curve."""
+    order = np.argsort(throughput)
+    x = np.asarray(throughput, dtype=float)[order]
+    y = np.asarray(latency, dtype=float)[order]
+    if len(x) < 3 or not np.isfinite(y).all() or x[-1] == x[0] or y[-1] == y[0]:
+        return None
+    gap = (x - x[0]) / (x[-1] - x[0]) - (y - y[0]) / (y[-1] - y[0])
+    best = int(np.argmax(gap))
+    return int(order[best]) if gap[best] > 0 else None
+
+
+# --------------------------------------------------------------------------- CPU placement
+
+
+def split_cpus(cpus: set[int] | None = None) -> tuple[set[int], set[int]] | None:
+    """(generator CPUs, server CPUs): the generator gets one CPU, the server the rest, so
+    neither steals the other's time; None when there is only one CPU to share."""
+    available = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
+    if len(available) < 2:
+        return None
+    return {available[0]}, set(available[1:])
+
+
+@contextlib.contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """Run the calling thread (the generator's event loop) on `cpus`, then restore."""
+    if not cpus:
+        yield
+        return
+    held = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, held)

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
 from suite.errors import SuiteError
+from suite.schema import read_text
 
 
 class Budget(BaseModel):
@@ -23,14 +24,17 @@ class Budget(BaseModel):
     min_samples: PositiveInt
     max_samples: PositiveInt
     max_time_s: PositiveFloat = Field(description="stop sampling after this once min_samples are in")
-    threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 = one per core")
+    threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 = the CPUs free now, less one")
     seed: int = 0
+    replicates: PositiveInt = Field(default=3, description="process runs per (scenario, params), interleaved")
 
 
+# The quick budget per run is smaller than one long run: three short process runs say more
+# about a number's uncertainty than one long one (the process run is the unit of replication).
 PROFILES: dict[str, Budget] = {
-    "quick": Budget(warmup_calls=3, warmup_s=0.2, min_samples=20, max_samples=400, max_time_s=1.5),
-    "full": Budget(warmup_calls=10, warmup_s=1.0, min_samples=100, max_samples=5000, max_time_s=10.0),
-    "gpu": Budget(warmup_calls=10, warmup_s=1.0, min_samples=100, max_samples=5000, max_time_s=3.0),
+    "quick": Budget(warmup_calls=3, warmup_s=0.2, min_samples=20, max_samples=400, max_time_s=0.6, replicates=3),
+    "full": Budget(warmup_calls=10, warmup_s=1.0, min_samples=100, max_samples=5000, max_time_s=5.0, replicates=5),
+    "gpu": Budget(warmup_calls=10, warmup_s=1.0, min_samples=100, max_samples=5000, max_time_s=3.0, replicates=3),
 }
 
 
@@ -42,9 +46,7 @@ def load_budget(profile: str, config: Path | None = None) -> Budget:
     if config is None:
         return budget
     try:
-        data = tomllib.loads(config.read_text())
-    except OSError as exc:
-        raise SuiteError(f"{config}: cannot read ({exc.strerror})") from None
+        data = tomllib.loads(read_text(config))
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{config}: malformed TOML ({exc})") from None
     unknown = set(data) - {"profiles"}

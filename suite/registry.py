@@ -41,6 +41,9 @@ class Scenario:
     profiles: ClassVar[dict[str, dict[str, list[Any]]]]
     requires: ClassVar[tuple[Requirement, ...]] = ()
     timeout_s: ClassVar[float] = 600.0
+    # At most this many process runs, whatever the profile asks: for scenarios whose every
+    # run is a long multi-process job (servers, clusters) with its own repetition inside.
+    max_replicates: ClassVar[int | None] = None
 
     def requirements(self, params: dict[str, Any]) -> list[Requirement]:
         """Requirements for one point of the grid; override when they depend on params."""
@@ -82,6 +85,7 @@ def scenario(
     profiles: dict[str, dict[str, list[Any]]],
     requires: tuple[Requirement, ...] = (),
     timeout_s: float = 600.0,
+    max_replicates: int | None = None,
 ) -> Callable[[type[Scenario]], type[Scenario]]:
     """Register a Scenario subclass. Every scenario must have a `quick` profile."""
     if not ID_PATTERN.match(scenario_id):
@@ -103,6 +107,7 @@ def scenario(
         cls.profiles = profiles
         cls.requires = requires
         cls.timeout_s = timeout_s
+        cls.max_replicates = max_replicates
         _REGISTRY[scenario_id] = cls
         return cls
 

@@ -12,7 +12,7 @@ import io
 from collections import defaultdict
 from pathlib import Path
 
-from suite.compare import load_many
+from suite.schema import load_many
 from suite.schema import Metric, Record, Status, write_json_schema
 
 STATUS_MARK = {Status.ok: "ok", Status.failed: "FAILED", Status.skipped: "skipped", Status.error: "ERROR"}

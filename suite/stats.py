@@ -36,9 +36,41 @@ def percentiles(samples: Sequence[float], of_single_calls: bool = True) -> list[
     ]
 
 
+Statistic: TypeAlias = Callable[[np.ndarray], np.ndarray]  # vectorised over the last axis
+
+
+def _median(x: np.ndarray) -> np.ndarray:
+    return np.median(x, axis=-1)
+
+
+def _harmonic_mean(x: np.ndarray) -> np.ndarray:
+    """Items over total time, from per-call rates: n / sum(1 / rate)."""
+    return x.shape[-1] / np.sum(1.0 / x, axis=-1)
+
+
+def _mean(x: np.ndarray) -> np.ndarray:
+    return np.mean(x, axis=-1)
+
+
+# The estimator named in Metric.estimator, as a vectorised statistic over raw samples.
+ESTIMATORS: dict[str, Statistic] = {"median": _median, "rate": _harmonic_mean, "mean": _mean, "single": _median}
+
+
+def bootstrap_estimates(samples: Samples, statistic: Statistic = _median,
+                        resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """`resamples` bootstrap replicates of `statistic`, seeded, in bounded memory."""
+    data = np.asarray(samples, dtype=float)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(resamples, 4_000_000 // data.size))
+    return np.concatenate([
+        statistic(data[rng.integers(0, data.size, size=(min(chunk, resamples - start), data.size))])
+        for start in range(0, resamples, chunk)
+    ])
+
+
 def bootstrap_ci(
     samples: Samples,
-    statistic: Callable[[np.ndarray], np.ndarray] = lambda x: np.median(x, axis=-1),
+    statistic: Statistic = _median,
     confidence: float = 0.95,
     resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> tuple[float, float]:
@@ -47,12 +79,7 @@ def bootstrap_ci(
     if data.size < 2:
         value = float(statistic(data[None, :])[0]) if data.size else math.nan
         return value, value
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    chunk = max(1, min(resamples, 4_000_000 // data.size))
-    estimates = np.concatenate([
-        statistic(data[rng.integers(0, data.size, size=(min(chunk, resamples - start), data.size))])
-        for start in range(0, resamples, chunk)
-    ])
+    estimates = bootstrap_estimates(data, statistic, resamples)
     tail = (1.0 - confidence) / 2.0 * 100.0
     low, high = np.percentile(estimates, [tail, 100.0 - tail])
     return float(low), float(high)
@@ -82,6 +109,7 @@ def summarize(
         value=median, median=median, ci_low=low, ci_high=high,
         percentiles=percentiles(data, calls_per_sample == 1) if len(data) > 1 else [],
         kind=kind, clock=clock, overhead=overhead, calls_per_sample=calls_per_sample,
+        estimator="median", run_sizes=[len(data)], run_values=[median],
     )
 
 
@@ -90,11 +118,12 @@ def throughput(name: str, unit: str, items_per_call: float, times: Sequence[floa
     """Items over total time (not the mean of per-call rates), CI by resampling calls."""
     data = np.asarray(times, dtype=float)
     rates = items_per_call / data
-    low, high = bootstrap_ci(data, lambda x: items_per_call * x.shape[-1] / x.sum(axis=-1))
+    low, high = bootstrap_ci(rates, _harmonic_mean)
+    value = float(items_per_call * data.size / data.sum())
     return Metric(
         name=name, unit=unit, higher_is_better=True, samples=rates.tolist(), n=data.size,
-        value=float(items_per_call * data.size / data.sum()), median=float(np.median(rates)),
-        ci_low=low, ci_high=high, kind="steady", clock=clock,
+        value=value, median=float(np.median(rates)), ci_low=low, ci_high=high, kind="steady", clock=clock,
+        estimator="rate", run_sizes=[data.size], run_values=[value],
     )
 
 
@@ -111,23 +140,25 @@ def ratio_of_medians(name: str, numerator: Sequence[float], denominator: Sequenc
     value = float(np.median(a) / np.median(b))
     return Metric(name=name, unit="ratio", higher_is_better=higher_is_better, samples=[],
                   n=min(a.size, b.size), value=value, median=value, ci_low=float(low),
-                  ci_high=float(high))
+                  ci_high=float(high), run_values=[value])
 
 
 def proportion(name: str, outcomes: Sequence[bool] | np.ndarray, unit: str = "fraction") -> Metric:
-    """A rate over independent outcomes (accuracy on an eval set), bootstrap CI over items."""
+    """A rate over independent outcomes (accuracy on an eval set), bootstrap CI over items.
+    Deterministic for a fixed seed ("exact"): the CI is over the items, not over runs."""
     data = np.asarray(outcomes, dtype=float)
     low, high = bootstrap_ci(data, lambda x: x.mean(axis=-1))
     value = float(data.mean())
     return Metric(name=name, unit=unit, higher_is_better=True, samples=[], n=data.size,
-                  value=value, median=value, ci_low=low, ci_high=high)
+                  value=value, median=value, ci_low=low, ci_high=high, estimator="mean", run_values=[value],
+                  kind="exact")
 
 
 def scalar(name: str, unit: str, higher_is_better: bool, value: float, kind: str = "steady") -> Metric:
     """One observation (a size in bytes, a cold-start time): no CI can be claimed."""
     return Metric(name=name, unit=unit, higher_is_better=higher_is_better, samples=[float(value)],
                   n=1, value=float(value), median=float(value), ci_low=float(value),
-                  ci_high=float(value), kind=kind)
+                  ci_high=float(value), kind=kind, estimator="single", run_sizes=[1], run_values=[float(value)])
 
 
 def paired_bootstrap_delta(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, float, float]:
@@ -148,3 +179,54 @@ def mann_whitney_p(a: Samples, b: Samples) -> float:
     if np.ptp(np.concatenate([a, b])) == 0:
         return 1.0
     return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+
+
+def _within_run_draws(metric: Metric, draws: int, seed: int) -> np.ndarray:
+    """`draws` replicates of one run's estimate: a bootstrap of its samples when it has
+    several, else a normal with the spread of its own CI (a ratio, a proportion), else
+    its value (one observation)."""
+    if metric.estimator in ("median", "rate") and len(metric.samples) >= 2:
+        return bootstrap_estimates(metric.samples, ESTIMATORS[metric.estimator], draws, seed)
+    sigma = (metric.ci_high - metric.ci_low) / 3.92
+    if not math.isfinite(sigma) or sigma <= 0:
+        return np.full(draws, metric.value)
+    return np.random.default_rng(seed).normal(metric.value, sigma, draws)
+
+
+def between_run_cv(values: Sequence[float]) -> float | None:
+    data = np.asarray(values, dtype=float)
+    mean = float(np.mean(data)) if data.size else 0.0
+    if data.size < 2 or mean == 0 or not np.all(np.isfinite(data)):
+        return None
+    return float(np.std(data, ddof=1) / abs(mean))
+
+
+def combine_runs(runs: Sequence[Metric], confidence: float = 0.95,
+                 resamples: int = BOOTSTRAP_RESAMPLES) -> Metric:
+    """One metric from the same metric of R process runs. The value is the median of the
+    runs' own estimates (one unlucky run cannot drag it); the CI is a hierarchical
+    bootstrap: resample runs, then within each chosen run resample its samples, so the
+    spread between runs (the largest source of variance) is inside the interval."""
+    first = runs[0]
+    values = [m.value for m in runs]
+    pooled = [s for m in runs for s in m.samples]
+    if len(runs) == 1:
+        return first.model_copy(update={"run_values": values, "run_sizes": [len(first.samples)] if pooled else [],
+                                        "between_run_cv": None})
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    inner = np.stack([_within_run_draws(m, resamples, BOOTSTRAP_SEED + i) for i, m in enumerate(runs)])
+    chosen = rng.integers(0, len(runs), size=(resamples, len(runs)))
+    estimates = np.median(inner[chosen, np.arange(resamples)[:, None]], axis=1)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(estimates, [tail, 100.0 - tail])
+    single_calls = all(m.calls_per_sample == 1 for m in runs)
+    return first.model_copy(update={
+        "samples": pooled, "n": len(pooled) if len(pooled) >= len(runs) else sum(m.n for m in runs),
+        "value": float(np.median(values)), "median": float(np.median(pooled)) if pooled else float(np.median(values)),
+        "ci_low": float(low), "ci_high": float(high),
+        "percentiles": percentiles(pooled, single_calls) if len(pooled) > len(runs) else [],
+        "overhead": max((m.overhead for m in runs if m.overhead is not None), default=None),
+        "calls_per_sample": max(m.calls_per_sample for m in runs),
+        "run_sizes": [len(m.samples) for m in runs] if pooled else [],
+        "run_values": values, "between_run_cv": between_run_cv(values),
+    })

@@ -15,11 +15,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from suite import checks, registry
+from suite import checks, host, registry
 from suite.context import RunContext
 from suite.profiles import Budget
 from suite.schema import Check, Metric, Status
 
+# The job format `mlsuite ab` relies on (cpus, replicate, conformance); bumped when it changes.
+PROTOCOL = 2
 TIMER_OVERHEAD_LIMIT = 0.01  # the timer may add at most 1% to the smallest timed step
 
 
@@ -58,24 +60,32 @@ def timer_overhead_check(metrics: list[Metric]) -> Check | None:
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Pinned to the CPUs the runner chose, with as many threads; the host's state is
+    recorded around the measured part so the record says what the numbers went through."""
     budget = Budget.model_validate(job["budget"])
-    threads = budget.threads or (os.cpu_count() or 1)
+    cpus = job.get("cpus") or host.affinity()
+    os.sched_setaffinity(0, cpus)
+    threads = len(cpus)
+    load_before, steal = host.load_average(), host.Steal()
     result: dict[str, Any] = {"metrics": [], "checks": [], "provenance": {}}
     result["threads"] = _pin_threads_and_seed(threads, budget.seed)
     importlib.import_module(job["module"])
     cls = registry.get(job["scenario"])
     ctx = RunContext(params=job["params"], budget=budget, profile=job["profile"], seed=budget.seed,
-                     artifact_root=Path(job["artifacts"]) if job.get("artifacts") else None)
+                     artifact_root=Path(job["artifacts"]) if job.get("artifacts") else None,
+                     replicate=job.get("replicate", 0), conformance=job.get("conformance", True))
     instance = cls()
     metrics: list[Metric] = []
     found: list[Check] = []
+    watch = host.Watch(threads)
     step = "setup"
     try:
         instance.setup(ctx)
         step = "measure"
-        metrics = instance.measure(ctx)
+        with watch:
+            metrics = instance.measure(ctx)
         step = "check"
-        found = instance.check(ctx)
+        found = instance.check(ctx) if ctx.conformance else []
     except registry.Skip as exc:
         result.update(status=Status.skipped.value, reason=str(exc))
     except Exception as exc:  # noqa: BLE001 - a broken scenario is a result, not a crash
@@ -90,6 +100,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     result["metrics"] = [m.model_dump() for m in metrics]
     result["checks"] = [c.model_dump() for c in found]
     result["provenance"] = ctx.provenance
+    result["host"] = {"threads": threads, "cpus": cpus, "load_before": load_before, "load_after": host.load_average(),
+                      "cgroup_cpus": host.cgroup_cpus(), "steal_fraction": steal.fraction(),
+                      "governor": host.governor(), "runqueue_wait_fraction": watch.wait_fraction,
+                      "cpu_per_wall": watch.cpu_per_wall, "oversubscribed": watch.oversubscribed}
     return result
 
 

@@ -11,9 +11,10 @@ import pytest
 
 from suite.cli import main
 from suite.schema import append_record
-from tests.factories import record, timings
+from tests.factories import record, runs_of, timings
 
-FROZEN = Path(__file__).parent / "data" / "results-v1.jsonl"
+FROZEN = Path(__file__).parent / "data" / "results-v2.jsonl"
+FROZEN_V1 = Path(__file__).parent / "data" / "results-v1.jsonl"
 
 
 def mlsuite(*args: str) -> subprocess.CompletedProcess[str]:
@@ -40,6 +41,10 @@ def test_list_shows_registered_scenarios_as_json() -> None:
     (("frobnicate",), "invalid choice"),
     (("run", "--only", "nothing.*"), "matches no scenario"),
     (("gate", "--baseline", "a"), "required"),
+    (("list", "--profile", "bogus"), "invalid choice"),
+    (("run", "--only", "training.*", "--where", "modle=mlp"), "--where modle: no selected scenario has that parameter"),
+    (("ab", "HEAD", "no-such-rev-xyz", "--only", "training.baseline"), "is not a commit"),
+    (("ab", "HEAD", "HEAD", "--rounds", "1", "--only", "training.baseline"), "--rounds must be at least 2"),
 ])
 def test_bad_arguments(args: tuple[str, ...], fragment: str) -> None:
     one_line_error(mlsuite(*args), fragment)
@@ -62,22 +67,45 @@ def test_corrupt_results_file(tmp_path: Path) -> None:
     one_line_error(mlsuite("report", "--results", str(tmp_path)), "corrupt.jsonl:1")
 
 
+@pytest.mark.parametrize(("content", "fragment"), [(b"\x00\x01binary", "binary data"), (b"\xff\xfe", "not UTF-8")])
+def test_unreadable_files_are_one_line_errors(tmp_path: Path, content: bytes, fragment: str) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(content)
+    one_line_error(mlsuite("gate", "--baseline", str(FROZEN), "--current", str(bad)), fragment)
+    one_line_error(mlsuite("migrate", str(bad)), fragment)
+    one_line_error(mlsuite("migrate", str(tmp_path)), "is a folder")
+    one_line_error(mlsuite("run", "--config", str(bad)), fragment)
+
+
+def test_list_into_a_closed_pipe_is_quiet() -> None:
+    result = subprocess.run(f"{sys.executable} -m suite list | head -1", shell=True, capture_output=True, text=True,
+                            timeout=120, cwd=Path(__file__).parent.parent)
+    assert result.stdout.count("\n") == 1 and "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+def test_the_committed_style_file_gated_against_itself_passes(tmp_path: Path) -> None:
+    assert main(["gate", "--baseline", str(FROZEN), "--current", str(FROZEN)]) == 0
+
+
 def test_compare_prints_a_table(tmp_path: Path) -> None:
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    append_record(a, record(timings(0.01, 1)))
-    append_record(b, record(timings(0.01, 2)))
+    append_record(a, record(runs_of(0.01, 1)))
+    append_record(b, record(runs_of(0.01, 2)))
     result = mlsuite("compare", str(a), str(b))
-    assert result.returncode == 0 and "step_time" in result.stdout and "same" in result.stdout
+    assert result.returncode == 0 and "step_time" in result.stdout and "pass" in result.stdout
 
 
 def test_gate_exit_status_follows_the_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    base, same, slow = tmp_path / "base.jsonl", tmp_path / "same.jsonl", tmp_path / "slow.jsonl"
-    append_record(base, record(timings(0.01, 1)))
-    append_record(same, record(timings(0.01, 2)))
-    append_record(slow, record(timings(0.012, 3)))
+    base, same, slow, noisy = (tmp_path / f"{name}.jsonl" for name in ("base", "same", "slow", "noisy"))
+    append_record(base, record(runs_of(0.01, 1)))
+    append_record(same, record(runs_of(0.01, 2)))
+    append_record(slow, record(runs_of(0.012, 3)))
+    append_record(noisy, record(timings(0.01, 4)))  # one run: its noise is unknown
     assert main(["gate", "--baseline", str(base), "--current", str(same)]) == 0
     assert main(["gate", "--baseline", str(base), "--current", str(slow)]) == 1
     assert "GATE FAIL" in capsys.readouterr().out
+    assert main(["gate", "--baseline", str(base), "--current", str(noisy)]) == 3
+    assert "INCONCLUSIVE" in capsys.readouterr().out
     assert main(["gate", "--baseline", str(base), "--current", str(same), "--fail-on", "bogus"]) == 2
 
 
@@ -85,7 +113,7 @@ def test_report_writes_markdown_html_and_schema(tmp_path: Path) -> None:
     (tmp_path / "run.jsonl").write_text(FROZEN.read_text())
     assert main(["report", "--results", str(tmp_path)]) == 0
     readme = (tmp_path / "README.md").read_text()
-    assert "| `training.accumulation` |" in readme and "pass 3/3" in readme
+    assert "| `training.amp` |" in readme and "pass 4/4" in readme
     assert "data:image/png;base64," in (tmp_path / "index.html").read_text()
     assert json.loads((tmp_path / "schema.json").read_text())["title"] == "Record"
 

@@ -12,7 +12,7 @@ from suite.runner import run
 from suite.schema import Status, load_records
 
 PLANTED = ("tests.planted",)
-FAST = PROFILES["quick"].model_copy(update={"warmup_s": 0.0, "max_time_s": 0.05, "min_samples": 10})
+FAST = PROFILES["quick"].model_copy(update={"warmup_s": 0.0, "max_time_s": 0.05, "min_samples": 10, "replicates": 2})
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,50 @@ def test_records_carry_environment_and_identity(planted_run: list) -> None:
     assert len({r.run_id for r in planted_run}) == 1
 
 
+def test_a_record_keeps_each_process_run_apart(planted_run: list) -> None:
+    record = by_scenario(planted_run)["planted.ok"]
+    step = record.metric("step_time")
+    assert step is not None and len(step.run_sizes) == 2 and sum(step.run_sizes) == len(step.samples)
+    assert len(step.run_values) == 2 and step.value == sorted(step.run_values)[0] + (
+        sorted(step.run_values)[1] - sorted(step.run_values)[0]) / 2
+    assert step.between_run_cv is not None and step.ci_low <= step.value <= step.ci_high
+    assert record.metric("cpu_time") is not None
+
+
+def test_each_run_records_what_the_host_was_doing(planted_run: list) -> None:
+    runs = by_scenario(planted_run)["planted.ok"].runs
+    assert [r.index for r in runs] == [0, 1]
+    for run_host in runs:
+        assert run_host.threads == len(run_host.cpus) >= 1 and len(run_host.load_before) == 3
+        assert run_host.runqueue_wait_fraction is not None and run_host.runqueue_wait_fraction >= 0
+        assert run_host.cpu_per_wall is not None and run_host.cpu_per_wall > 0
+
+
+def test_a_broken_first_run_is_not_replicated(planted_run: list) -> None:
+    assert len(by_scenario(planted_run)["planted.raises"].runs) == 1
+
+
+def test_runs_go_round_robin_and_resume_keeps_finished_runs(tmp_path: Path, empty_registry: None) -> None:
+    started: list[str] = []
+
+    def interrupt_at_third(label: str, index: int, total: int) -> None:
+        started.append(label)
+        if index == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run("planted.ok", "quick", FAST, tmp_path, packages=PLANTED, on_start=interrupt_at_third)
+    assert [label.split()[-1] for label in started] == ["1/2", "1/2", "2/2"]  # run 1 of both, then run 2
+    resumed_starts: list[str] = []
+    path = run("planted.ok", "quick", FAST, tmp_path, resume=True, packages=PLANTED,
+               on_start=lambda label, i, n: resumed_starts.append(label))
+    assert len(resumed_starts) == 2  # the two runs already finished were kept, not redone
+    records = load_records(path)
+    assert sorted(r.params["n"] for r in records) == [1, 2]
+    assert all(len(r.runs) == 2 for r in records)
+    assert not path.with_suffix(".runs").exists()
+
+
 def test_resume_runs_only_what_is_missing(tmp_path: Path, empty_registry: None) -> None:
     path = run("planted.ok", "quick", FAST, tmp_path, packages=PLANTED)
     lines = path.read_text().splitlines()
@@ -95,7 +139,7 @@ def test_resume_runs_only_what_is_missing(tmp_path: Path, empty_registry: None) 
     resumed = run("planted.ok", "quick", FAST, tmp_path, resume=True, packages=PLANTED,
                   on_start=lambda label, i, n: started.append(label))
     assert resumed == path
-    assert len(started) == 1
+    assert len(started) == FAST.replicates
     records = load_records(path)
     assert sorted(r.params["n"] for r in records) == [1, 2]
     assert len({r.run_id for r in records}) == 1

@@ -12,12 +12,26 @@ from suite.schema import SCHEMA_VERSION, Record, append_record, load_records, mi
 from tests.factories import record
 
 FROZEN = Path(__file__).parent / "data" / "results-v1.jsonl"
+FROZEN_V2 = Path(__file__).parent / "data" / "results-v2.jsonl"
 
 
-def test_frozen_v1_example_keeps_loading() -> None:
-    records = load_records(FROZEN)
-    assert len(records) == 3
-    assert all(r.schema_version == 1 and r.metrics for r in records)
+def test_frozen_v1_example_is_refused_then_migrates(tmp_path: Path) -> None:
+    with pytest.raises(SuiteError, match="schema_version 1 is older .*mlsuite migrate"):
+        load_records(FROZEN)
+    copy = tmp_path / "v1.jsonl"
+    copy.write_text(FROZEN.read_text())
+    assert migrate_file(copy) == (3, True)
+    records = load_records(copy)
+    assert [r.scenario for r in records] == ["training.accumulation", "training.accumulation", "training.amp"]
+    assert all(r.env.host_id == "0035969ec53f6e7f" and r.env.machine_id != r.env.host_id for r in records)
+    assert records[2].metric("eval_accuracy").kind == "exact"  # type: ignore[union-attr]
+    assert all(m.run_values == [m.value] for r in records for m in r.metrics)
+
+
+def test_frozen_v2_example_keeps_loading() -> None:
+    records = load_records(FROZEN_V2)
+    assert records and all(r.schema_version == 2 and r.runs for r in records)
+    assert any(m.replicated for r in records for m in r.metrics)
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -71,13 +85,39 @@ def test_empty_or_missing_file(tmp_path: Path) -> None:
         load_records(tmp_path / "absent.jsonl")
 
 
-def test_migrate_rewrites_current_files_and_refuses_unknown_versions(tmp_path: Path) -> None:
+def test_migrate_leaves_a_current_file_untouched(tmp_path: Path) -> None:
     path = rewrite(tmp_path)
-    assert migrate_file(path) == 1
-    assert (tmp_path / "r.jsonl.bak").exists()
-    assert load_records(path)[0].schema_version == SCHEMA_VERSION
+    before = path.read_bytes()
+    assert migrate_file(path) == (1, False)
+    assert path.read_bytes() == before and not list(tmp_path.glob("*.bak*"))
+
+
+def test_migrate_never_overwrites_a_backup_and_refuses_unknown_versions(tmp_path: Path) -> None:
+    path = tmp_path / "old.jsonl"
+    path.write_text(FROZEN.read_text())
+    (tmp_path / "old.jsonl.bak").write_text("an earlier backup\n")
+    assert migrate_file(path) == (3, True)
+    assert (tmp_path / "old.jsonl.bak").read_text() == "an earlier backup\n"
+    assert (tmp_path / "old.jsonl.bak.1").read_text() == FROZEN.read_text()
     with pytest.raises(SuiteError, match="no migration from schema_version 0"):
         migrate_file(rewrite(tmp_path, schema_version=0))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(SuiteError, match="holds no records"):
+        migrate_file(tmp_path / "empty.jsonl")
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "binary data"),
+    (b"\xff\xfe{not utf8", "not UTF-8"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply|not valid JSON"),
+])
+def test_unreadable_files_are_named_errors(tmp_path: Path, content: bytes, fragment: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(SuiteError, match=fragment):
+        load_records(path)
+    with pytest.raises(SuiteError, match="is a folder"):
+        load_records(tmp_path)
 
 
 def test_json_schema_is_written(tmp_path: Path) -> None:
