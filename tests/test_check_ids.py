@@ -17,7 +17,7 @@ import pytest
 
 from suite import checks
 from suite.schema import Check
-from tests.check_ids import Built, scenario_family, undeclared, unbroken
+from tests.check_ids import Built, scenario_family, unbroken, undeclared
 from tests.conftest import REPO_ROOT
 
 DECLARED = checks.declared_check_ids()
@@ -76,9 +76,10 @@ def test_every_breaks_marker_names_a_declared_check() -> None:
 # -- the run-time half, fed its own planted bugs ------------------------------------------------
 
 def test_matches_id_fills_placeholders_and_nothing_else() -> None:
-    assert checks.matches_id("tuning.optuna.sqlite.same_seed_same_trials", "tuning.optuna.<storage>.same_seed_same_trials")
+    template = "tuning.optuna.<storage>.same_seed_same_trials"
+    assert checks.matches_id("tuning.optuna.sqlite.same_seed_same_trials", template)
     assert checks.matches_id("zero.torch.parameters_match_single_process", "<strategy>.parameters_match_single_process")
-    assert not checks.matches_id("tuning.optuna..same_seed_same_trials", "tuning.optuna.<storage>.same_seed_same_trials")
+    assert not checks.matches_id("tuning.optuna..same_seed_same_trials", template)
     assert not checks.matches_id("serving.bad_input_4xx_extra", "serving.bad_input_4xx")
     assert not checks.matches_id("serving.bad_input.4xx", "serving.bad_input_4xx")
 

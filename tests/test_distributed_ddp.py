@@ -120,6 +120,8 @@ def test_resume_after_epoch_one_is_exact(torchrun_runs) -> None:
 # ------------------------------------------------------------------- planted bugs
 
 @pytest.mark.distributed
+@pytest.mark.breaks("ddp.trainer.gradients_match_single_process", "ddp.trainer.parameters_identical_across_ranks",
+                    "ddp.trainer.loss_curve_matches_single_process")
 def test_ddp_checks_fail_when_gradients_are_not_averaged(spawned_runs, reference) -> None:
     assert failed(conformance.ddp_checks(spawned_runs["not_averaged"], reference)) == {
         "ddp.trainer.gradients_match_single_process", "ddp.trainer.parameters_identical_across_ranks",
@@ -127,12 +129,14 @@ def test_ddp_checks_fail_when_gradients_are_not_averaged(spawned_runs, reference
 
 
 @pytest.mark.distributed
+@pytest.mark.breaks("ddp.trainer.no_sync_one_allreduce_per_step")
 def test_no_sync_count_fails_when_every_micro_step_synchronises(spawned_runs) -> None:
     every_step = spawned_runs["every_step"][0]
     assert failed(conformance.no_sync_checks(every_step, every_step)) == {"ddp.trainer.no_sync_one_allreduce_per_step"}
 
 
 @pytest.mark.distributed
+@pytest.mark.breaks("ddp.trainer.no_sync_one_allreduce_per_step", "ddp.trainer.no_sync_matches_sync_every_step")
 def test_no_sync_checks_fail_when_the_boundary_step_never_synchronises(spawned_runs) -> None:
     """Planted bug: accumulation that skips the all-reduce at the boundary too."""
     assert failed(conformance.no_sync_checks(spawned_runs["not_averaged"][0], spawned_runs["every_step"][0])) == {
@@ -148,6 +152,7 @@ def single_rank(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("single_rank")
+@pytest.mark.breaks("ddp.trainer.loss_curve_matches_single_process")
 def test_loss_curve_check_fails_when_set_epoch_is_forgotten(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(DistributedSampler, "set_epoch", lambda self, epoch: None)  # planted bug
     config = dataclasses.replace(BASE, out_dir=str(tmp_path))
@@ -165,6 +170,7 @@ def load_model_only(path: Path, model, optimizer, **_) -> int:  # type: ignore[n
 
 
 @pytest.mark.usefixtures("single_rank")
+@pytest.mark.breaks("ddp.trainer.resume_is_exact")
 def test_resume_check_fails_when_optimizer_state_is_not_restored(monkeypatch: pytest.MonkeyPatch,
                                                                  tmp_path: Path) -> None:
     full = ddp.run(dataclasses.replace(BASE, checkpoint_dir=str(tmp_path)))

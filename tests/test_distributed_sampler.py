@@ -79,17 +79,53 @@ def every_rank_same_order(dataset_size: int, world: int) -> list[list[int]]:
     return [list(range(0, dataset_size, world)) for _ in range(world)]
 
 
+@pytest.mark.breaks("sampler.covers_dataset", "sampler.total_size")
 def test_sampler_checks_fail_on_a_sampler_that_drops_the_remainder() -> None:
     assert {"sampler.covers_dataset", "sampler.total_size"} <= failed(
         conformance.sampler_checks(contiguous_unpadded(10, 4), 10, drop_last=False))
 
 
+@pytest.mark.breaks("sampler.repeats_only_padding")
 def test_sampler_checks_fail_on_overlapping_shards() -> None:
     assert "sampler.repeats_only_padding" in failed(
         conformance.sampler_checks(every_rank_same_order(12, 3), 12, drop_last=False))
 
 
+@pytest.mark.breaks("sampler.set_epoch_changes_order")
 def test_epoch_checks_fail_when_the_order_never_changes() -> None:
     order = list(range(20))
     assert failed(conformance.epoch_order_checks([order, order], [order, order])) == {
         "sampler.set_epoch_changes_order"}
+
+
+def one_sided_padding(dataset_size: int, world: int) -> list[list[int]]:
+    """Planted bug: the padding indices all given to the last rank (shards of unequal length)."""
+    per = dataset_size // world
+    shards = [list(range(r, per * world, world)) for r in range(world)]
+    shards[-1] += list(range(per * world, dataset_size)) + list(range(-(-dataset_size // world) * world - dataset_size))
+    return shards
+
+
+def off_by_one_indices(dataset_size: int, world: int) -> list[list[int]]:
+    """Planted bug: 1-based indices (index dataset_size is out of range, 0 never sampled)."""
+    return [[i + 1 for i in shard] for shard in
+            (list(range(r, dataset_size, world)) for r in range(world))]
+
+
+@pytest.mark.breaks("sampler.equal_shards")
+def test_sampler_checks_fail_on_shards_of_unequal_length() -> None:
+    assert "sampler.equal_shards" in failed(conformance.sampler_checks(one_sided_padding(10, 4), 10, drop_last=False))
+
+
+@pytest.mark.breaks("sampler.in_range")
+def test_sampler_checks_fail_on_indices_outside_the_dataset() -> None:
+    assert "sampler.in_range" in failed(conformance.sampler_checks(off_by_one_indices(12, 3), 12, drop_last=False))
+
+
+@pytest.mark.breaks("sampler.without_set_epoch_order_repeats")
+def test_epoch_checks_fail_when_the_order_changes_without_set_epoch() -> None:
+    """Planted bug: a sampler reseeded from the clock, so the order moves without set_epoch
+    (ranks would then disagree on the shuffle)."""
+    first, second = list(range(20)), list(range(19, -1, -1))
+    assert "sampler.without_set_epoch_order_repeats" in failed(
+        conformance.epoch_order_checks([first, second], [first, second]))
