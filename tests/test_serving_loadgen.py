@@ -1,12 +1,14 @@
 """The load generator (suite/loadgen.py): windows and the stability rule, closed and open
-loops, coordinated omission, error kinds, goodput, its HTTP client against a minimal
-server, and its validation against wrk and hey (with planted slow and CPU-hungry
-generators that the checks must catch)."""
+loops, coordinated omission, error kinds, goodput by search and the knee, the HdrHistogram
+export, load windows as an interleaved contender, its HTTP client (suite/httpclient.py)
+against a minimal server, and its validation against wrk and hey in interleaved rounds
+(with planted slow and CPU-hungry generators that the checks must catch)."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -16,15 +18,18 @@ import pytest
 
 pytest.importorskip("httpx")
 
-from reference.serving import conformance  # noqa: E402
-from suite import loadgen  # noqa: E402
+from reference.serving import conformance, external  # noqa: E402
+from suite import loadgen, stats, timing  # noqa: E402
+from suite.httpclient import HttpJsonAdapter  # noqa: E402
+from suite.profiles import Budget  # noqa: E402
 
 pytestmark = pytest.mark.serving
 
 
 def window(throughput: float, p99: float, n: int = 100) -> loadgen.Window:
     """A 1-second window with n latencies whose 99th percentile is p99."""
-    latencies = [p99 * 0.5] * (n - 2) + [p99, p99]
+    top = max(2, n // 50)
+    latencies = [p99 * 0.5] * (n - top) + [p99] * top
     w = loadgen.Window(0.0, n / throughput, latencies, Counter())
     assert math.isclose(w.p99, p99, rel_tol=0.02)
     return w
@@ -138,10 +143,85 @@ def result_at(rate: float, p99: float, errors: int = 0) -> loadgen.LoadResult:
     return loadgen.LoadResult("open", rate, [w, w, w], True, demand_s=0.1)
 
 
-def test_goodput_is_the_highest_rate_meeting_the_slo() -> None:
-    points = [result_at(100, 0.01), result_at(200, 0.02), result_at(300, 0.08), result_at(250, 0.03, errors=50)]
-    assert loadgen.goodput(points, slo_p99_s=0.05) == 200  # 300 misses the SLO, 250 sheds load
-    assert loadgen.goodput(points, slo_p99_s=0.001) == 0.0
+def test_meets_slo_needs_a_claimable_p99_within_the_slo_and_no_errors() -> None:
+    big = loadgen.LoadResult("open", 300, [window(300, 0.01, n=loadgen.P99_FLOOR)] * 3, True, demand_s=0.1)
+    assert loadgen.meets_slo(big, slo_p99_s=0.05)
+    assert not loadgen.meets_slo(big, slo_p99_s=0.004)
+    few = loadgen.LoadResult("open", 300, [window(300, 0.01, n=100)] * 3, True, demand_s=0.1)
+    assert not loadgen.meets_slo(few, slo_p99_s=0.05)  # 300 samples cannot claim a p99
+    shed = loadgen.LoadResult("open", 300, [window(300, 0.01, n=loadgen.P99_FLOOR)] * 3, True, demand_s=0.1)
+    shed.windows[0].errors.update({"http_503": 50})
+    assert not loadgen.meets_slo(shed, slo_p99_s=0.05)
+
+
+def queueing_server(capacity: float) -> Any:
+    """A probe of an M/M/1-like server: p99 stays low up to ~80% of capacity, then climbs."""
+
+    def probe(rate: float) -> loadgen.LoadResult:
+        load = min(rate / capacity, 0.999)
+        p99 = 0.001 * 4.6 / (1 - load)
+        flat = loadgen.Window(0.0, loadgen.P99_FLOOR / rate, [p99] * loadgen.P99_FLOOR, Counter())
+        return loadgen.LoadResult("open", rate, [flat] * 3, True, demand_s=0.1)
+
+    return probe
+
+
+def test_goodput_search_finds_the_highest_rate_meeting_the_slo() -> None:
+    """p99 = 4.6 ms / (1 - rate/1000) meets 50 ms up to rate ~908: bisection lands within 5%."""
+    search = loadgen.search_goodput(queueing_server(1000.0), high=1200.0, slo_p99_s=0.05)
+    assert 0.95 * 908 <= search.goodput <= 908
+    assert len(search.probes) <= 8
+    curve = search.curve()
+    assert [p["offered"] for p in curve] == sorted(p["offered"] for p in curve)
+    assert any(p["meets_slo"] for p in curve) and not all(p["meets_slo"] for p in curve)
+
+
+def test_goodput_search_stops_at_a_rate_that_already_meets_the_slo_and_refuses_nonsense() -> None:
+    search = loadgen.search_goodput(queueing_server(1000.0), high=100.0, slo_p99_s=0.05)
+    assert search.goodput == 100.0 and len(search.probes) == 1
+    assert loadgen.search_goodput(queueing_server(1000.0), high=500.0, slo_p99_s=0.001).goodput == 0.0
+    with pytest.raises(ValueError, match="positive"):
+        loadgen.search_goodput(queueing_server(1.0), high=0.0, slo_p99_s=0.05)
+
+
+def test_knee_is_where_latency_turns_up() -> None:
+    throughput = [100, 200, 300, 400, 500, 520, 530]
+    latency = [1.0, 1.1, 1.2, 1.4, 2.0, 6.0, 20.0]
+    assert loadgen.knee(throughput, latency) == 4  # 500 req/s, before latency explodes
+    assert loadgen.knee(throughput[::-1], latency[::-1]) == 2  # order of the points does not matter
+    assert loadgen.knee([1, 2], [1, 2]) is None
+    assert loadgen.knee([1, 2, 3], [1, 2, 3]) is None  # a straight line has no knee
+
+
+def test_hdr_export_round_trips_the_latencies() -> None:
+    from hdrh.histogram import HdrHistogram
+
+    latencies = list(np.random.default_rng(3).exponential(0.005, 5000))
+    decoded = HdrHistogram.decode(loadgen.hdr_export(latencies))
+    assert decoded.get_total_count() == 5000
+    for q in (50, 99):
+        assert decoded.get_value_at_percentile(q) / 1e6 == pytest.approx(np.percentile(latencies, q), rel=0.01)
+
+
+def test_window_source_is_an_interleaved_contender() -> None:
+    """Load windows timed beside an in-process callable by the one interleaving primitive:
+    samples are seconds per request, so the served rate is 1 / their median."""
+    budget = Budget(warmup_calls=1, warmup_s=0.0, min_samples=6, max_samples=6, max_time_s=0.1)
+    with loadgen.LoadSession(lambda: SleepyAdapter(0.004), [0]) as session:
+        served = session.window_source(4, 0.1)
+        timed = timing.time_interleaved({"served": served, "raw": lambda n: [0.001] * n}, budget, self_timed=True)
+    assert len(timed["served"].times) == 6 and len(served.windows(6)) == 6
+    assert 1 / np.median(timed["served"].times) == pytest.approx(4 / 0.004, rel=0.35)  # 4 callers, 4 ms each
+    assert len(served.latencies(6)) > 6 * 50 and served.errors(6) == 0
+
+
+def test_generator_and_server_get_separate_cpus() -> None:
+    assert loadgen.split_cpus({0}) is None
+    assert loadgen.split_cpus({3, 1, 2}) == ({1}, {2, 3})
+    held = os.sched_getaffinity(0)
+    with loadgen.pinned({min(held)}):
+        assert os.sched_getaffinity(0) == {min(held)}
+    assert os.sched_getaffinity(0) == held
 
 
 def test_metrics_carry_units_and_flag_unclaimed_percentiles() -> None:
@@ -239,7 +319,7 @@ def tiny_server() -> Iterator[TinyHttpServer]:
 
 @pytest.mark.parametrize("path", ["/ok", "/chunked", "/close"])
 def test_http_adapter_reads_every_framing(tiny_server: TinyHttpServer, path: str) -> None:
-    adapter = loadgen.HttpJsonAdapter(tiny_server.url(path))
+    adapter = HttpJsonAdapter(tiny_server.url(path))
     outputs = loadgen.run(lambda: loadgen.fetch_outputs(adapter, [{"x": 1}] * 5))
     assert [o.tolist() for o in outputs] == [[1.0, 2.0]] * 5
     expected_connections = 5 if path == "/close" else 1  # keep-alive reuses one connection
@@ -247,11 +327,11 @@ def test_http_adapter_reads_every_framing(tiny_server: TinyHttpServer, path: str
 
 
 def test_http_adapter_caps_connections_and_reports_status_errors(tiny_server: TinyHttpServer) -> None:
-    adapter = loadgen.HttpJsonAdapter(tiny_server.url("/ok"), max_connections=3)
+    adapter = HttpJsonAdapter(tiny_server.url("/ok"), max_connections=3)
     policy = loadgen.WindowPolicy(count=30, max_windows=3, warmup_s=0.0)
     loadgen.run(lambda: loadgen.open_loop(adapter, [adapter.prepare({"x": 1})], 2000.0, policy))
     assert tiny_server.connections <= 3
-    busy = loadgen.HttpJsonAdapter(tiny_server.url("/busy"))
+    busy = HttpJsonAdapter(tiny_server.url("/busy"))
     with pytest.raises(loadgen.RequestFailed) as failure:
         loadgen.run(lambda: busy.issue(busy.prepare({"x": 1})))
     assert failure.value.kind == "http_503"
@@ -259,7 +339,7 @@ def test_http_adapter_caps_connections_and_reports_status_errors(tiny_server: Ti
 
 def test_http_adapter_refuses_non_http_urls() -> None:
     with pytest.raises(ValueError, match="http://"):
-        loadgen.HttpJsonAdapter("https://example.org/predict")
+        HttpJsonAdapter("https://example.org/predict")
 
 
 # --------------------------------------------------------------------------- validation
@@ -295,15 +375,15 @@ Status code distribution:
 
 
 def test_external_outputs_are_parsed() -> None:
-    wrk = loadgen.parse_wrk(WRK_OUTPUT)
+    wrk = external.parse_wrk(WRK_OUTPUT)
     assert (wrk.throughput, wrk.p50_s, wrk.non_2xx) == (2559.51, pytest.approx(5.87e-3), 3)
-    hey = loadgen.parse_hey(HEY_OUTPUT)
+    hey = external.parse_hey(HEY_OUTPUT)
     assert (hey.throughput, hey.p50_s, hey.non_2xx) == (2104.3311, 0.0062, 11)
     with pytest.raises(ValueError, match="cannot read wrk"):
-        loadgen.parse_wrk("connection refused")
+        external.parse_wrk("connection refused")
 
 
-class SlowAdapter(loadgen.HttpJsonAdapter):
+class SlowAdapter(HttpJsonAdapter):
     """Planted bug: a generator that sits on every response for 5 ms before recording it."""
 
     async def issue(self, prepared: bytes) -> bytes:
@@ -312,7 +392,7 @@ class SlowAdapter(loadgen.HttpJsonAdapter):
         return body
 
 
-class GreedyAdapter(loadgen.HttpJsonAdapter):
+class GreedyAdapter(HttpJsonAdapter):
     """Planted bug: a generator that burns 3 ms of CPU per request."""
 
     async def issue(self, prepared: bytes) -> bytes:
@@ -324,12 +404,19 @@ class GreedyAdapter(loadgen.HttpJsonAdapter):
         return await super().issue(prepared)
 
 
-def ours(adapter: loadgen.HttpJsonAdapter, concurrency: int = 4) -> loadgen.LoadResult:
-    policy = loadgen.WindowPolicy(duration_s=0.4, max_windows=3, warmup_s=0.1)
-    return loadgen.run(lambda: loadgen.closed_loop(adapter, [adapter.prepare({"x": 1})], concurrency, policy))
+def interleaved_ratio(adapter: HttpJsonAdapter, tool: str, url: str, rounds: int = 4) -> tuple[Any, Any]:
+    """Ours (through `adapter`) and `tool` on the same endpoint, interleaved rounds of 1 s."""
+    budget = Budget(warmup_calls=1, warmup_s=0.0, min_samples=rounds, max_samples=rounds, max_time_s=1.0)
+    with loadgen.LoadSession(lambda: adapter, [{"x": 1}]) as session:
+        ours = session.window_source(4, 1.0)
+        theirs = external.ExternalSource(tool, HttpJsonAdapter(url), {"x": 1}, 4, 1)
+        timed = timing.time_interleaved({"ours": ours, tool: theirs}, budget, self_timed=True)
+    ratio = stats.ratio_of_medians(f"ours_throughput_over_{tool}", timed[tool].times, timed["ours"].times)
+    return ratio, theirs
 
 
 @pytest.mark.slow
+@pytest.mark.breaks("loadgen.throughput_agrees_with_<tool>")
 @pytest.mark.parametrize("tool", ["wrk", "hey"])
 def test_external_tool_agreement_catches_a_slow_generator(tiny_server: TinyHttpServer, tool: str) -> None:
     import shutil
@@ -337,16 +424,33 @@ def test_external_tool_agreement_catches_a_slow_generator(tiny_server: TinyHttpS
     if shutil.which(tool) is None:
         pytest.skip(f"needs {tool} (apt-get install {tool})")
     url = tiny_server.url("/ok")
-    theirs = loadgen.run_external(tool, loadgen.HttpJsonAdapter(url), {"x": 1}, 4, 1)
-    assert theirs.throughput > 0 and theirs.non_2xx == 0
-    slow = conformance.agrees_with_external([ours(SlowAdapter(url))], [theirs])
-    assert not any(check.passed for check in slow)  # 5 ms per request is far outside 10%
-    assert "ours" in slow[0].detail and tool in slow[0].name
+    ratio, theirs = interleaved_ratio(SlowAdapter(url), tool, url)
+    assert all(r.throughput > 0 and r.non_2xx == 0 for r in theirs.results) and len(theirs.results) == 4
+    slow = conformance.agrees_with_external(ratio, tool, 4)
+    assert not slow.passed  # 5 ms per request is far outside 10%
+    assert ratio.ci_high < 0.9 and "95% CI" in slow.detail and tool in slow.name
 
 
+def test_agreement_check_reads_the_whole_ci() -> None:
+    def ratio(low: float, value: float, high: float) -> Any:
+        return stats.ratio_of_medians("ours_throughput_over_wrk", [1.0], [1.0]).model_copy(
+            update={"value": value, "ci_low": low, "ci_high": high})
+
+    assert conformance.agrees_with_external(ratio(0.95, 1.0, 1.04), "wrk", 16).passed
+    assert not conformance.agrees_with_external(ratio(0.85, 0.97, 1.04), "wrk", 16).passed  # CI reaches 15% off
+    named = conformance.agrees_with_external(ratio(0.95, 1.0, 1.04), "wrk", 16).name
+    assert named == "loadgen.throughput_agrees_with_wrk"
+
+
+def ours(adapter: HttpJsonAdapter, concurrency: int = 4) -> loadgen.LoadResult:
+    policy = loadgen.WindowPolicy(duration_s=0.4, max_windows=3, warmup_s=0.1)
+    return loadgen.run(lambda: loadgen.closed_loop(adapter, [adapter.prepare({"x": 1})], concurrency, policy))
+
+
+@pytest.mark.breaks("loadgen.not_the_bottleneck")
 def test_headroom_check_catches_a_cpu_hungry_generator(tiny_server: TinyHttpServer) -> None:
     url = tiny_server.url("/ok")
-    lean = conformance.loadgen_headroom([ours(loadgen.HttpJsonAdapter(url), concurrency=1)])
+    lean = conformance.loadgen_headroom([ours(HttpJsonAdapter(url), concurrency=1)])
     greedy = conformance.loadgen_headroom([ours(GreedyAdapter(url), concurrency=1)])
     assert greedy.observed is not None and lean.observed is not None
     assert not greedy.passed  # it is its own bottleneck: capacity ~ throughput

@@ -14,7 +14,8 @@ from suite.profiles import Budget
 
 pytestmark = pytest.mark.serving
 TINY = Budget(warmup_calls=1, warmup_s=0.0, min_samples=5, max_samples=200, max_time_s=0.3)
-IDS = {"serving.fastapi", "serving.torchserve", "serving.triton", "serving.inprocess", "serving.loadgen", "serving.warmup"}
+IDS = {"serving.fastapi", "serving.torchserve", "serving.triton", "serving.side_by_side", "serving.inprocess",
+       "serving.loadgen", "serving.warmup"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -28,7 +29,7 @@ def test_every_serving_scenario_is_registered_with_a_quick_profile() -> None:
     for sid in IDS:
         assert registry.get(sid).param_grid("quick"), sid
     quick = registry.get("serving.fastapi").param_grid("quick")
-    assert quick is not None and {p["batching"] for p in quick} == {"off", "on"}
+    assert quick is not None and {p["batching"] for p in quick} == {False, True}
     assert all(p["concurrency"] == [1, 4, 16, 64] for p in quick)
 
 
@@ -57,20 +58,25 @@ def test_inprocess_limit_runs_and_matches_eager() -> None:
 def test_fastapi_scenario_records_the_table_row_and_stops_its_server() -> None:
     pytest.importorskip("torch")
     pytest.importorskip("fastapi")
-    instance, ctx, metrics, checks = run("serving.fastapi", concurrency=[1, 8], open_fractions=[0.5])
+    instance, ctx, metrics, checks = run("serving.fastapi", concurrency=[1, 8])
     names = {m.name: m for m in metrics}
-    for name in ("cold_start_to_ready", "first_request", "raw_throughput", "c1_throughput", "c8_latency",
-                 "c8_loadgen_capacity", "c8_stable", "open50_latency", "open50_issue_lag", "goodput",
-                 "serving_efficiency"):
+    for name in ("cold_start_to_ready", "first_request", "raw_throughput", "served_throughput", "c1_throughput",
+                 "c8_latency", "c8_loadgen_capacity", "c8_stable", "goodput", "serving_efficiency"):
         assert name in names, name
     assert names["cold_start_to_ready"].kind == "cold"
     assert names["c8_latency"].unit == "s" and names["goodput"].unit == "req/s"
+    efficiency = names["serving_efficiency"]
+    assert efficiency.ci_low <= efficiency.value <= efficiency.ci_high and efficiency.n >= TINY.min_samples
+    search = ctx.provenance["goodput_search"]
+    assert search["probes"] >= 1 and all(p["offered"] > 0 for p in search["curve"])
+    assert names["goodput"].value in [0.0, *(p["offered"] for p in search["curve"] if p["meets_slo"])]
+    assert ctx.provenance["load_average_before"] and ctx.provenance["served_latency_hdr_us"]
     assert {c.name for c in checks} == {"serving.outputs_match_eager", "serving.batching_no_crosstalk",
                                         "serving.batch_equals_individual", "serving.bad_input_4xx",
                                         "serving.metrics_match_client"}
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
     assert instance.deployment is None  # teardown ran inside check
-    assert ctx.provenance["server"].startswith("uvicorn") and len(ctx.provenance["load_points"]) == 3
+    assert ctx.provenance["server"].startswith("uvicorn") and len(ctx.provenance["load_points"]) == 2
 
 
 def test_a_server_that_cannot_start_is_skipped_with_its_error(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,3 +89,20 @@ def test_a_server_that_cannot_start_is_skipped_with_its_error(tmp_path: Any, mon
     params = {name: values[0] for name, values in {**cls.grid, **cls.profiles["quick"]}.items()}
     with pytest.raises(registry.Skip, match="triton did not start: .*(Not a directory|File exists)"):
         cls().setup(RunContext(params=params, budget=TINY, profile="quick", seed=0))
+
+
+@pytest.mark.slow
+def test_loadgen_scenario_interleaves_rounds_with_wrk_and_reports_a_ratio_with_a_ci() -> None:
+    import shutil
+
+    pytest.importorskip("fastapi")
+    if shutil.which("wrk") is None:
+        pytest.skip("needs wrk (apt-get install wrk)")
+    _, ctx, metrics, checks = run("serving.loadgen", concurrency=4, rounds=3)
+    names = {m.name: m for m in metrics}
+    ratio = names["ours_throughput_over_wrk"]
+    assert ratio.ci_low <= ratio.value <= ratio.ci_high and ratio.n == 3
+    assert len(ctx.provenance["external"]) == 3 and len(names["ours_throughput"].samples) == 3
+    assert {c.name for c in checks} == {"loadgen.throughput_agrees_with_wrk", "loadgen.p50_agrees_with_wrk",
+                                        "loadgen.not_the_bottleneck"}
+    assert "95% CI" in next(c for c in checks if c.name == "loadgen.throughput_agrees_with_wrk").detail

@@ -80,6 +80,30 @@ def test_png_round_trip_and_refusals() -> None:
         images.png_to_row(b"\x89PNG\r\n\x1a\n truncated")
 
 
+def test_decompression_bombs_are_refused_before_their_pixels_are_decoded() -> None:
+    import time
+
+    for name, data in images.bombs().items():
+        start = time.perf_counter()
+        with pytest.raises(images.TooManyPixels):
+            images.png_to_row(data)
+        assert time.perf_counter() - start < 0.5, name  # refused from the header, not after decoding
+    assert len(images.bombs()["PNG declaring 20000x20000 pixels"]) < 100
+
+
+def test_pixel_limit_is_the_line_between_decoded_and_refused() -> None:
+    from PIL import Image
+
+    def png(width: int, height: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("L", (width, height)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    assert images.png_to_row(png(1024, 1024)).shape == (64,)
+    with pytest.raises(images.TooManyPixels, match="over the limit"):
+        images.png_to_row(png(1025, 1024))
+
+
 # --------------------------------------------------------------------------- LRU cache
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from reference.serving.deployments import BadCase, Deployment
 from suite import checks, loadgen
-from suite.schema import Check
+from suite.schema import Check, Metric
 
 # Every check id this family emits (suite.checks: `<part>` is filled in at run time); each
 # one has a planted-bug test marked `breaks(id)`.
@@ -173,23 +173,16 @@ def warmup_reported(readiness: dict[str, Any], warmup_calls: float, expected: bo
                                            f"warm-up model calls {warmup_calls:g}")
 
 
-def agrees_with_external(ours: Sequence[loadgen.LoadResult], theirs: Sequence[loadgen.ExternalResult],
-                         tolerance: float = EXTERNAL_TOLERANCE) -> list[Check]:
-    """Same endpoint, same concurrency, interleaved rounds: the medians over rounds of
-    throughput and of median latency agree within 10%."""
-    tool, level = theirs[0].tool, ours[0].level
-    pairs = (
-        ("throughput", [r.throughput for r in ours], [t.throughput for t in theirs]),
-        ("p50", [statistics.median(r.latencies) if r.latencies else float("inf") for r in ours],
-         [t.p50_s for t in theirs]),
-    )
-    found = []
-    for what, mine, reference in pairs:
-        a, b = statistics.median(mine), statistics.median(reference)
-        found.append(checks.at_most(f"loadgen.{what}_agrees_with_{tool}", loadgen.agreement(a, b), tolerance, tool,
-                                    f"median over {len(mine)} rounds: ours {a:.4g} vs {tool} {b:.4g} "
-                                    f"at concurrency {level:g}"))
-    return found
+def agrees_with_external(ratio: Metric, tool: str, concurrency: int,
+                         tolerance: float = EXTERNAL_TOLERANCE) -> Check:
+    """Ours over theirs on the same endpoint and concurrency, from interleaved rounds: the
+    whole 95% CI of the ratio lies within 1 +- tolerance, so a larger disagreement is ruled
+    out rather than merely not seen in one run."""
+    what = ratio.name.rsplit("_over_", 1)[0].removeprefix("ours_")
+    worst = max(abs(ratio.ci_low - 1.0), abs(ratio.ci_high - 1.0))
+    return checks.at_most(f"loadgen.{what}_agrees_with_{tool}", worst, tolerance, tool,
+                          f"ours / {tool} = {ratio.value:.3f} (95% CI {ratio.ci_low:.3f}-{ratio.ci_high:.3f}, "
+                          f"{ratio.n} interleaved rounds each) at concurrency {concurrency}")
 
 
 def loadgen_headroom(results: Sequence[loadgen.LoadResult], factor: float = LOADGEN_HEADROOM) -> Check:

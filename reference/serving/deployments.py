@@ -1,9 +1,10 @@
-"""Glue: FastAPI, TorchServe and Triton behind one interface for the scenarios and tests.
+"""Glue: every server behind one interface for the scenarios and tests.
 
 A `Deployment` is a started server plus what the harness needs to drive and judge it: the
 load generator's adapters (one row per request, and many rows per request where the server
 has such an API), the Prometheus counter of inference requests, and the server's own list
-of bad requests, each of which must get a 4xx.
+of bad requests, each of which should get a 4xx (what each server really answers is
+recorded). Servers are started from one table, `STARTERS`; adding a server is one entry.
 """
 
 from __future__ import annotations
@@ -16,12 +17,28 @@ from typing import Any
 
 import numpy as np
 
-from reference.serving import images
+from reference.serving import adapters, images
 from reference.serving.process import ManagedServer
 from suite import loadgen
 
-SERVERS = ("fastapi", "torchserve", "triton")
 MAX_BODY_BYTES = 1 << 20
+EXTREME = float(np.finfo(np.float32).max)  # finite in float32; the outputs of every digits MLP overflow
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How a server is started, the same for every server."""
+
+    batching: bool = True
+    max_batch_size: int = 16  # the one default, for every server
+    max_queue_delay_ms: float = 2.0
+    threads: int = 1  # model intra-op threads
+    protocol: str = "json"  # how the load generator talks to it (a key of the server's PROTOCOLS)
+    cpus: frozenset[int] | None = None  # the server's processes run on these CPUs (None: anywhere)
+
+    @property
+    def batch_size(self) -> int:
+        return self.max_batch_size if self.batching else 1
 
 
 @dataclass(frozen=True)
@@ -73,33 +90,50 @@ def counter_total(text: str, name: str, **labels: str) -> float:
                if sample.name in names and all(sample.labels.get(k) == v for k, v in labels.items()))
 
 
-def _json_row(row: Any) -> dict[str, Any]:
-    return {"inputs": np.asarray(row, dtype=np.float64).tolist()}
-
-
 def _json(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
+def _row_text(features: int, first: str, rest: str = "0.5") -> bytes:
+    return f"[{', '.join([first] + [rest] * (features - 1))}]".encode()
+
+
+def non_finite_cases(url: str, features: int, wrap: Callable[[bytes], bytes]) -> list[BadCase]:
+    """Inputs a model cannot answer with numbers: JSON's forbidden NaN/Infinity literals,
+    a number that overflows a double, and valid finite inputs so large that the model's
+    outputs overflow (the server must notice the outputs, not only the inputs)."""
+    return [
+        BadCase("NaN literal", url, wrap(_row_text(features, "NaN"))),
+        BadCase("Infinity literal", url, wrap(_row_text(features, "-Infinity"))),
+        BadCase("number overflowing a double", url, wrap(_row_text(features, "1e400"))),
+        BadCase("extreme inputs, non-finite outputs", url, wrap(_row_text(features, repr(EXTREME), repr(EXTREME)))),
+    ]
+
+
 def common_bad_cases(url: str, features: int) -> list[BadCase]:
-    """Bad bodies every JSON row API must refuse with a 4xx."""
+    """Bad bodies every `{"inputs": row}` JSON API must refuse with a 4xx."""
     return [
         BadCase("malformed JSON", url, b'{"inputs": [1.0, 2.0'),
         BadCase("wrong shape", url, _json({"inputs": [0.5] * (features - 1)})),
         BadCase("wrong dtype", url, _json({"inputs": ["x"] * features})),
         BadCase("not an object", url, _json([0.5] * features)),
         BadCase("oversized payload", url, _json({"inputs": [0.5] * (MAX_BODY_BYTES // 4)})),
+        *non_finite_cases(url, features, lambda row: b'{"inputs": ' + row + b"}"),
     ]
 
 
-def start_fastapi(version_dir: Path, workdir: Path, *, batching: bool, max_batch_size: int,
-                  max_queue_delay_ms: float, threads: int, warmup: bool = True) -> Deployment:
+def _pin(options: ServeOptions) -> set[int] | None:
+    return set(options.cpus) if options.cpus else None
+
+
+def start_fastapi(version_dir: Path, workdir: Path, options: ServeOptions = ServeOptions(), *,
+                  warmup: bool = True) -> Deployment:
     from reference.serving import server
 
     endpoint = server.start(version_dir.parent, workdir, version=version_dir.name,
-                            max_batch_size=max_batch_size if batching else 1,
-                            max_queue_delay_ms=max_queue_delay_ms if batching else 0.0,
-                            threads=threads, warmup=warmup)
+                            max_batch_size=options.batch_size,
+                            max_queue_delay_ms=options.max_queue_delay_ms if options.batching else 0.0,
+                            threads=options.threads, warmup=warmup, cpus=_pin(options))
     base, features = endpoint.base_url, _features(version_dir)
     predict, batch, image = f"{base}/predict", f"{base}/predict-batch", f"{base}/predict-image"
     row = [0.5] * features
@@ -109,60 +143,66 @@ def start_fastapi(version_dir: Path, workdir: Path, *, batching: bool, max_batch
         BadCase("empty batch", batch, _json({"inputs": []})),
         BadCase("ragged batch", batch, _json({"inputs": [row, row[:-1]]})),
         BadCase("unknown version", predict, _json({"inputs": row, "version": "no-such-version"})),
+        BadCase("binary body of the wrong size", predict, b"\0" * 10, adapters.OCTET_STREAM),
+        BadCase("binary NaN row", predict, np.full(features, np.nan, "<f4").tobytes(), adapters.OCTET_STREAM),
+        BadCase("binary extreme row", predict, np.full(features, EXTREME, "<f4").tobytes(), adapters.OCTET_STREAM),
+        *(BadCase(name, image, upload=(f"{name}.png", data, "image/png")) for name, data in images.bombs().items()),
         BadCase("non-image upload", image, upload=("digit.png", b"this is not a PNG", "image/png")),
         BadCase("upload with wrong type", image, upload=("digit.txt", images.row_to_png(np.zeros(64)), "text/plain")),
     ]
+    protocols = {"json": adapters.rows_json, "binary": adapters.rows_binary}
+    if options.protocol not in protocols:
+        raise ValueError(f"the reference server speaks {', '.join(protocols)}, not {options.protocol!r}")
+    speak = protocols[options.protocol]
     return Deployment(
         "fastapi", endpoint.server, endpoint.ready_s, base, endpoint.metrics_url,
         lambda text: counter_total(text, "mlsuite_http_requests_total", endpoint="/predict"),
-        predict=lambda: loadgen.HttpJsonAdapter(predict, to_json=_json_row),
-        batch=lambda: loadgen.HttpJsonAdapter(batch, to_json=_json_row),
-        bad_cases=cases,
-        provenance={"server": "uvicorn+FastAPI (reference)", "max_batch_size": max_batch_size if batching else 1,
-                    "max_queue_delay_ms": max_queue_delay_ms if batching else 0.0, "warmup": warmup})
+        predict=lambda: speak(predict), batch=lambda: speak(batch), bad_cases=cases,
+        provenance={"server": "uvicorn+FastAPI (reference)", "max_batch_size": options.batch_size,
+                    "max_queue_delay_ms": options.max_queue_delay_ms if options.batching else 0.0,
+                    "warmup": warmup, "protocol": options.protocol})
 
 
-def start_torchserve(version_dir: Path, workdir: Path, *, batching: bool, max_batch_size: int,
-                     max_queue_delay_ms: float, threads: int) -> Deployment:
+def start_torchserve(version_dir: Path, workdir: Path, options: ServeOptions = ServeOptions()) -> Deployment:
     from reference.serving import torchserve
 
-    batch_size = max_batch_size if batching else 1
-    delay = max(1, round(max_queue_delay_ms)) if batching else 0
-    endpoint = torchserve.start_torchserve(version_dir, workdir, batch_size=batch_size, max_batch_delay_ms=delay,
-                                           threads=threads, max_request_bytes=MAX_BODY_BYTES)
+    if options.protocol != "json":
+        raise ValueError(f"the TorchServe handler speaks json, not {options.protocol!r}")
+    delay = max(1, round(options.max_queue_delay_ms)) if options.batching else 0
+    endpoint = torchserve.start_torchserve(version_dir, workdir, batch_size=options.batch_size,
+                                           max_batch_delay_ms=delay, threads=options.threads,
+                                           max_request_bytes=MAX_BODY_BYTES, cpus=_pin(options))
     token = endpoint.token
     url, features = endpoint.predict_url, _features(version_dir)
-    auth = {"Authorization": f"Bearer {token}"}
     cases = [
         *common_bad_cases(url, features),
         BadCase("wrong content type", url, b"inputs=1,2,3", "application/x-www-form-urlencoded"),
-        BadCase("missing token", url, _json(_json_row([0.5] * features)), authorized=False),
+        BadCase("missing token", url, _json(adapters.json_row([0.5] * features)), authorized=False),
     ]
     return Deployment(
         "torchserve", endpoint.server, endpoint.ready_s, endpoint.inference_url, f"{endpoint.metrics_url}/metrics",
         lambda text: counter_total(text, "ts_inference_requests_total", model_name=torchserve.MODEL_NAME),
-        predict=lambda: loadgen.TorchServeAdapter(endpoint.inference_url, torchserve.MODEL_NAME, token,
-                                                  to_json=_json_row),
-        batch=None, bad_cases=cases, auth=auth,
-        provenance={"server": f"TorchServe {_version('torchserve')}", "batchSize": batch_size,
-                    "maxBatchDelay_ms": delay, "token_auth": True})
+        predict=lambda: adapters.torchserve(endpoint.inference_url, torchserve.MODEL_NAME, token),
+        batch=None, bad_cases=cases, auth={"Authorization": f"Bearer {token}"},
+        provenance={"server": f"TorchServe {_version('torchserve')}", "batchSize": options.batch_size,
+                    "maxBatchDelay_ms": delay, "token_auth": True, "protocol": "json"})
 
 
-TRITON_PROTOCOLS = ("json", "http", "grpc")  # KServe JSON on the lean client; tritonclient HTTP; tritonclient gRPC
-
-
-def start_triton(version_dir: Path, workdir: Path, *, batching: bool, max_batch_size: int,
-                 max_queue_delay_ms: float, threads: int, protocol: str = "json") -> Deployment:
+def start_triton(version_dir: Path, workdir: Path, options: ServeOptions = ServeOptions()) -> Deployment:
     from reference.serving import triton
 
-    if protocol not in TRITON_PROTOCOLS:
-        raise ValueError(f"unknown Triton protocol {protocol!r}; choose from {', '.join(TRITON_PROTOCOLS)}")
-    endpoint = triton.start_triton(version_dir, workdir, max_batch_size=max_batch_size, dynamic_batching=batching,
-                                   max_queue_delay_us=round(max_queue_delay_ms * 1000), threads=threads)
+    endpoint = triton.start_triton(version_dir, workdir, max_batch_size=options.max_batch_size,
+                                   dynamic_batching=options.batching,
+                                   max_queue_delay_us=round(options.max_queue_delay_ms * 1000),
+                                   threads=options.threads, cpus=_pin(options))
     url, features = endpoint.infer_url, _features(version_dir)
 
     def tensor(shape: list[int], data: list[Any], datatype: str = "FP32") -> bytes:
         return _json({"inputs": [{"name": triton.INPUT_NAME, "shape": shape, "datatype": datatype, "data": data}]})
+
+    def wrap(row: bytes) -> bytes:
+        return (b'{"inputs": [{"name": "' + triton.INPUT_NAME.encode() + b'", "shape": [1, '
+                + str(features).encode() + b'], "datatype": "FP32", "data": ' + row + b"}]}")
 
     cases = [
         BadCase("malformed JSON", url, b'{"inputs": [{"name": "INPUT"'),
@@ -171,14 +211,16 @@ def start_triton(version_dir: Path, workdir: Path, *, batching: bool, max_batch_
         BadCase("empty batch", url, tensor([0, features], [])),
         BadCase("data does not fill the shape", url, tensor([1, features], [0.5] * 3)),
         BadCase("wrong content type", url, b"inputs=1,2,3", "application/x-www-form-urlencoded"),
+        *non_finite_cases(url, features, wrap),
     ]
-
-    def adapter() -> loadgen.Adapter:
-        if protocol == "grpc":
-            return loadgen.TritonGrpcAdapter(endpoint.grpc_address, triton.MODEL_NAME)
-        if protocol == "http":
-            return loadgen.TritonHttpAdapter(endpoint.http_address, triton.MODEL_NAME)
-        return loadgen.KServeJsonAdapter(url, triton.INPUT_NAME, triton.OUTPUT_NAME)
+    protocols: dict[str, Callable[[], loadgen.Adapter]] = {
+        "json": lambda: adapters.kserve_json(url, triton.INPUT_NAME, triton.OUTPUT_NAME),
+        "http": lambda: adapters.TritonHttp(endpoint.http_address, triton.MODEL_NAME),
+        "grpc": lambda: adapters.TritonGrpc(endpoint.grpc_address, triton.MODEL_NAME),
+    }
+    if options.protocol not in protocols:
+        endpoint.server.stop()
+        raise ValueError(f"Triton is driven with {', '.join(protocols)}, not {options.protocol!r}")
 
     def count(text: str) -> float:
         return sum(counter_total(text, f"nv_inference_request_{kind}", model=triton.MODEL_NAME)
@@ -186,26 +228,22 @@ def start_triton(version_dir: Path, workdir: Path, *, batching: bool, max_batch_
 
     return Deployment(
         "triton", endpoint.server, endpoint.ready_s, f"http://{endpoint.http_address}", endpoint.metrics_url, count,
-        predict=adapter, batch=adapter,
-        bad_cases=cases,
-        provenance={"server": "Triton 2.51 (nvidia-pytriton wheel), Python backend", "protocol": protocol,
+        predict=protocols[options.protocol], batch=protocols[options.protocol], bad_cases=cases,
+        provenance={"server": "Triton 2.51 (nvidia-pytriton wheel), Python backend", "protocol": options.protocol,
                     "http_address": endpoint.http_address, "grpc_address": endpoint.grpc_address,
-                    "dynamic_batching": batching, "max_batch_size": max_batch_size,
-                    "max_queue_delay_us": round(max_queue_delay_ms * 1000)})
+                    "dynamic_batching": options.batching,
+                    "max_batch_size": options.max_batch_size,
+                    "max_queue_delay_us": round(options.max_queue_delay_ms * 1000)})
 
 
-def start(server: str, version_dir: Path, workdir: Path, *, batching: bool, max_batch_size: int = 16,
-          max_queue_delay_ms: float = 2.0, threads: int = 1, protocol: str = "json") -> Deployment:
-    if server == "fastapi":
-        return start_fastapi(version_dir, workdir, batching=batching, max_batch_size=max_batch_size,
-                             max_queue_delay_ms=max_queue_delay_ms, threads=threads)
-    if server == "torchserve":
-        return start_torchserve(version_dir, workdir, batching=batching, max_batch_size=max_batch_size,
-                                max_queue_delay_ms=max_queue_delay_ms, threads=threads)
-    if server == "triton":
-        return start_triton(version_dir, workdir, batching=batching, max_batch_size=max_batch_size,
-                            max_queue_delay_ms=max_queue_delay_ms, threads=threads, protocol=protocol)
-    raise ValueError(f"unknown server {server!r}; choose from {', '.join(SERVERS)}")
+Starter = Callable[[Path, Path, ServeOptions], Deployment]
+STARTERS: dict[str, Starter] = {"fastapi": start_fastapi, "torchserve": start_torchserve, "triton": start_triton}
+
+
+def start(server: str, version_dir: Path, workdir: Path, options: ServeOptions = ServeOptions()) -> Deployment:
+    if server not in STARTERS:
+        raise ValueError(f"unknown server {server!r}; choose from {', '.join(STARTERS)}")
+    return STARTERS[server](version_dir, workdir, options)
 
 
 def _features(version_dir: Path) -> int:
@@ -219,3 +257,10 @@ def _version(package: str) -> str:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def cpu_split() -> tuple[set[int] | None, frozenset[int] | None]:
+    """(generator CPUs, server CPUs) where cores allow, else (None, None)."""
+    split = loadgen.split_cpus()
+    return (split[0], frozenset(split[1])) if split else (None, None)
+

@@ -1,7 +1,13 @@
 """The serving techniques as suite scenarios: one table of server x batching setting x load
-point, the raw in-process limit beside it, the load generator's validation against wrk and
-hey, and first-request latency with and without warm-up. Imports nothing heavy at module
-level, so `mlsuite list` works with only the core installed."""
+point, with the raw in-process limit interleaved with the server's load windows (so serving
+efficiency is a ratio measured side by side), goodput found by an open-loop rate search, all
+servers interleaved in one session, the load generator checked against wrk and hey in
+interleaved rounds, and first-request latency with and without warm-up. Imports nothing
+heavy at module level, so `mlsuite list` works with only the core installed.
+
+Where cores allow, the load generator (and wrk/hey, and the raw in-process contender) runs
+on one CPU and the servers on the others, so neither steals the other's time.
+"""
 
 from __future__ import annotations
 
@@ -22,31 +28,33 @@ from suite.requirements import Binary, Package, Requirement
 from suite.schema import Check, Metric
 
 MODEL = (Package("torch"), Package("scikit-learn", module="sklearn"), Package("numpy"))
-HTTP = (Package("fastapi"), Package("uvicorn"), Package("httpx"),
-        Package("prometheus-client", module="prometheus_client"), Package("python-multipart", module="multipart"),
-        Package("pillow", module="PIL"))
+HTTP = (Package("fastapi"), Package("uvicorn"), Package("httpx"), Package("msgspec"),
+        Package("hdrhistogram", module="hdrh"), Package("prometheus-client", module="prometheus_client"),
+        Package("python-multipart", module="multipart"), Package("pillow", module="PIL"))
 TORCHSERVE = (Package("torchserve", module="ts"), Package("torch-model-archiver", module="model_archiver"),
               Package("pyyaml", module="yaml"), Binary("java"))
 TRITON = (Package("tritonclient"), Package("aiohttp"), Package("grpcio", module="grpc"))
 ONNX = (Package("onnx"), Package("onnxruntime"))
+SERVER_PACKAGES = {"fastapi": (), "torchserve": TORCHSERVE, "triton": TRITON}
 
 SERVER_GRID: dict[str, list[Any]] = {
     "model": ["small", "xlarge"],  # request overhead dominates / compute dominates
     "format": ["torchscript"],
     "threads": [1],
-    "batching": ["off", "on"],
-    "max_batch_size": [16],
+    "batching": [False, True],
     "max_queue_delay_ms": [2.0],
+    "protocol": ["json"],
     "concurrency": [[1, 4, 16, 64]],
-    "open_fractions": [[0.25, 0.5, 0.75, 1.0]],  # open-loop rates as fractions of the closed-loop peak
     "slo_ms": [50.0],
 }
 # quick: the large MLP, between the two: compute is a real share of a request, so batching pays
-SERVER_QUICK: dict[str, list[Any]] = {"model": ["large"], "batching": ["on"], "open_fractions": [[0.5, 0.9]]}
+SERVER_QUICK: dict[str, list[Any]] = {"model": ["large"], "batching": [True]}
 CONFORMANCE_ROWS = 64
 LOAD_ROWS = 256
 WINDOWS_PER_BUDGET = 3
 SHORT_BUDGET_S = 5.0  # below this (quick), one extra window to reach stability; else three
+INTERLEAVED_WINDOW_S = 0.1  # one server sample when interleaved with other contenders
+SEARCH_HEADROOM = 1.2  # the goodput search starts at this multiple of the closed-loop peak
 
 
 def window_policy(budget: Budget) -> Any:
@@ -107,9 +115,33 @@ def load_predictor(version_dir: Path, threads: int) -> Any:
     return models.load_version(version_dir, threads)
 
 
+def options(params: dict[str, Any], cpus: frozenset[int] | None) -> Any:
+    from reference.serving.deployments import ServeOptions
+
+    return ServeOptions(batching=params["batching"], max_queue_delay_ms=params["max_queue_delay_ms"],
+                        threads=params["threads"], protocol=params.get("protocol", "json"), cpus=cpus)
+
+
+def raw_source(predictor: Any, batch: int) -> Any:
+    """The physical limit as a self-timed contender: the model file loaded as the server
+    loads it, called in-process on a full batch; samples are seconds per row."""
+    from reference.serving import models
+
+    rows = models.digits_rows(batch)
+
+    def run(n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            predictor(rows)
+            times.append((time.perf_counter() - start) / batch)
+        return times
+
+    return run
+
+
 def raw_throughput(ctx: RunContext, predictor: Any, batch: int, threads: int, prefix: str) -> list[Metric]:
-    """The physical limit: the same model file, loaded as the server loads it, called
-    in-process on a full batch with the server's thread count."""
+    """The in-process limit on its own (serving.inprocess)."""
     import torch
 
     from reference.serving import models
@@ -125,16 +157,40 @@ def raw_throughput(ctx: RunContext, predictor: Any, batch: int, threads: int, pr
     return found
 
 
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def goodput_search(session: Any, high: float, slo_s: float, policy: Any, seed: int) -> Any:
+    """Bisection on the open-loop rate (suite.loadgen.search_goodput) for one server."""
+    from suite import loadgen
+
+    return loadgen.search_goodput(lambda rate: session.open(rate, loadgen.probe_policy(rate, policy), seed=seed),
+                                  high, slo_s)
+
+
+def goodput_metrics(search: Any, prefix: str = "") -> tuple[list[Metric], dict[str, Any]]:
+    """Goodput, the knee of the latency-throughput curve, and the curve for provenance."""
+    from suite import loadgen
+
+    curve = search.curve()
+    found = [stats.scalar(f"{prefix}goodput", "req/s", True, search.goodput)]
+    at = loadgen.knee([p["throughput"] for p in curve], [p["p99_s"] for p in curve])
+    if at is not None:
+        found += [stats.scalar(f"{prefix}knee_throughput", "req/s", True, curve[at]["throughput"]),
+                  stats.scalar(f"{prefix}knee_p99", "s", False, curve[at]["p99_s"])]
+    return found, {"slo_p99_s": search.slo_p99_s, "probes": len(curve), "curve": curve}
+
+
 class ServerScenario(Scenario):
     """Start a real server in setup (cold start measured), drive it with the load
     generator in measure, judge it in check, stop it in teardown."""
 
     server: ClassVar[str]
-    extra_requirements: ClassVar[tuple[Requirement, ...]] = ()
 
     def requirements(self, params: dict[str, Any]) -> list[Requirement]:
         formats = ONNX if params.get("format") == "onnx" else ()
-        return [*MODEL, *HTTP, *self.extra_requirements, *formats]
+        return [*MODEL, *HTTP, *SERVER_PACKAGES[self.server], *formats]
 
     def setup(self, ctx: RunContext) -> None:
         from reference.serving import deployments
@@ -142,17 +198,18 @@ class ServerScenario(Scenario):
 
         p = ctx.params
         self.deployment = None
+        self.generator_cpus, server_cpus = deployments.cpu_split()
+        self.options = options(p, server_cpus)
         self.subject = PreparedModel(p["model"], p.get("format", "torchscript"), ctx.seed)
         try:
-            self.deployment = deployments.start(
-                self.server, self.subject.version_dir, self.subject.workdir / "run", batching=p["batching"] == "on",
-                max_batch_size=p["max_batch_size"], max_queue_delay_ms=p["max_queue_delay_ms"],
-                threads=p["threads"], protocol=p.get("protocol", "json"))
+            self.deployment = deployments.start(self.server, self.subject.version_dir, self.subject.workdir / "run",
+                                                self.options)
         except ServerFailed as exc:
             self.teardown()
             raise Skip(f"{self.server} did not start: {exc}") from None
         ctx.provenance.update(self.deployment.provenance, model=p["model"], format=p.get("format", "torchscript"),
-                              ready_s=self.deployment.ready_s)
+                              ready_s=self.deployment.ready_s, generator_cpus=sorted(self.generator_cpus or []),
+                              server_cpus=sorted(server_cpus or []))
         self.cold = [stats.scalar("cold_start_to_ready", "s", False, self.deployment.ready_s, kind="cold"),
                      stats.scalar("first_request", "s", False, self._first_request(), kind="cold")]
 
@@ -181,51 +238,51 @@ class ServerScenario(Scenario):
         return self.deployment.predict()
 
     def measure(self, ctx: RunContext) -> list[Metric]:
-        from suite import loadgen
+        """Closed loop at each concurrency; then, at the peak's concurrency, server windows
+        interleaved with the raw in-process limit; then the goodput search."""
+        import torch
+
+        from suite import loadgen, timing
 
         p = ctx.params
         assert self.deployment is not None
-        raw = raw_throughput(ctx, load_predictor(self.subject.version_dir, p["threads"]), p["max_batch_size"],
-                             p["threads"], "raw_")
         policy = window_policy(ctx.budget)
-        self.closed, self.open = self._load(ctx, policy)
-        found = [*self.cold, *raw]
+        before = load_average()
+        predictor = load_predictor(self.subject.version_dir, p["threads"])
+        held = torch.get_num_threads()
+        torch.set_num_threads(p["threads"])
+        try:
+            with loadgen.pinned(self.generator_cpus), \
+                    loadgen.LoadSession(self.deployment.predict, self.subject.load_rows) as session:
+                self.closed = [session.closed(c, policy) for c in p["concurrency"]]
+                peak = max(self.closed, key=lambda r: r.throughput)
+                served = session.window_source(int(peak.level), INTERLEAVED_WINDOW_S)
+                timed = timing.time_interleaved(
+                    {"raw": raw_source(predictor, self.options.max_batch_size), "served": served}, ctx.budget,
+                    self_timed=True)
+                self.search = goodput_search(session, SEARCH_HEADROOM * peak.throughput, p["slo_ms"] / 1000.0,
+                                             policy, ctx.seed)
+        finally:
+            torch.set_num_threads(held)
+        found = [*self.cold]
         for result in self.closed:
             found += loadgen.metrics(result, f"c{result.level:g}_")
-        for fraction, result in zip(p["open_fractions"], self.open, strict=True):
-            found += loadgen.metrics(result, f"open{round(fraction * 100)}_")
-        slo = p["slo_ms"] / 1000.0
-        good = loadgen.goodput(self.open, slo)
-        peak = max(r.throughput for r in self.closed)
-        raw_rate = next(m.value for m in raw if m.name == "raw_throughput")
-        found += [stats.scalar("peak_throughput", "req/s", True, peak),
-                  stats.scalar("goodput", "req/s", True, good),
-                  stats.scalar("serving_efficiency", "ratio", True, peak / raw_rate),
-                  stats.scalar("goodput_efficiency", "ratio", True, good / raw_rate)]
+        raw_s, served_s = timed["raw"].times, timed["served"].times
+        found += [stats.throughput("raw_throughput", "samples/s", 1, raw_s),
+                  stats.throughput("served_throughput", "req/s", 1, served_s),
+                  stats.ratio_of_medians("serving_efficiency", raw_s, served_s),
+                  stats.scalar("peak_throughput", "req/s", True, peak.throughput)]
+        good, search = goodput_metrics(self.search)
+        found += good
         ctx.provenance.update(
-            slo_p99_s=slo, event_loop=_event_loop_name(), window_s=policy.duration_s,
-            unstable_points=[f"{r.mode}@{r.level:g}" for r in (*self.closed, *self.open) if not r.stable],
-            load_points=[r.describe() for r in (*self.closed, *self.open)],
-            efficiency_note="served req/s (1 row each) over raw in-process samples/s at a full batch")
+            event_loop=_event_loop_name(), window_s=policy.duration_s, load_average_before=before,
+            load_average_after=load_average(), peak_concurrency=peak.level, raw_format=predictor.fmt,
+            unstable_points=[f"closed@{r.level:g}" for r in self.closed if not r.stable],
+            load_points=[r.describe() for r in self.closed], goodput_search=search,
+            served_latency_hdr_us=loadgen.hdr_export(served.latencies(len(served_s))),
+            efficiency_note=("served req/s (1 row each) over raw in-process rows/s at a full batch, "
+                             "interleaved windows of the same minutes"))
         return found
-
-    def _load(self, ctx: RunContext, policy: Any) -> tuple[list[Any], list[Any]]:
-        """Closed loop at each concurrency, then open loop at fractions of the closed peak."""
-        from reference.serving.conformance import with_adapter
-        from suite import loadgen
-
-        p = ctx.params
-        assert self.deployment is not None
-
-        async def sweep(adapter: Any) -> tuple[list[Any], list[Any]]:
-            prepared = [adapter.prepare(row) for row in self.subject.load_rows]
-            closed = [await loadgen.closed_loop(adapter, prepared, c, policy) for c in p["concurrency"]]
-            peak = max(r.throughput for r in closed)
-            opened = [await loadgen.open_loop(adapter, prepared, max(1.0, f * peak), policy, seed=ctx.seed)
-                      for f in p["open_fractions"]]
-            return closed, opened
-
-        return with_adapter(self.deployment.predict, sweep)
 
     def check(self, ctx: RunContext) -> list[Check]:
         from reference.serving import conformance
@@ -233,7 +290,7 @@ class ServerScenario(Scenario):
         assert self.deployment is not None
         try:
             return conformance.server_checks(self.deployment, self.subject.rows, self.subject.golden,
-                                             self.subject.eager, concurrency=2 * ctx.params["max_batch_size"])
+                                             self.subject.eager, concurrency=2 * self.options.max_batch_size)
         finally:
             self.teardown()
 
@@ -258,11 +315,13 @@ def _event_loop_name() -> str:
         return "asyncio"
 
 
-@scenario("serving.fastapi", grid={**SERVER_GRID, "format": ["torchscript", "onnx"]},
-          profiles={"quick": {**SERVER_QUICK, "format": ["torchscript"], "batching": ["off", "on"]}},
+@scenario("serving.fastapi", grid={**SERVER_GRID, "format": ["torchscript", "onnx"], "protocol": ["json", "binary"]},
+          profiles={"quick": {**SERVER_QUICK, "format": ["torchscript"], "batching": [False, True],
+                              "protocol": ["json"]}},
           requires=(*MODEL, *HTTP), timeout_s=600)
 class ServeFastApi(ServerScenario):
-    """The reference server (uvicorn + FastAPI, dynamic batching, LRU cache, warm-up)."""
+    """The reference server (uvicorn + FastAPI, msgspec ASGI front, dynamic batching, LRU
+    cache, warm-up), with JSON or raw float32 bodies."""
 
     server = "fastapi"
 
@@ -273,7 +332,6 @@ class ServeTorchServe(ServerScenario):
     """Real TorchServe: custom handler, .mar, loopback-only APIs, token auth, batching."""
 
     server = "torchserve"
-    extra_requirements = TORCHSERVE
 
 
 @scenario("serving.triton", grid={**SERVER_GRID, "protocol": ["json", "grpc"]},
@@ -281,10 +339,103 @@ class ServeTorchServe(ServerScenario):
           timeout_s=1200)
 class ServeTriton(ServerScenario):
     """Real Triton (Python backend, dynamic batching), driven with KServe JSON on the lean
-    client (`json`) or through tritonclient over HTTP or gRPC."""
+    client (`json`) or through tritonclient over gRPC."""
 
     server = "triton"
-    extra_requirements = TRITON
+
+
+@scenario("serving.side_by_side", grid={"model": ["large"], "threads": [1], "max_queue_delay_ms": [2.0],
+                                      "protocol": ["json"], "concurrency": [16],
+                                      "slo_ms": [50.0]},
+          profiles={"quick": {}}, requires=(*MODEL, *HTTP, *TORCHSERVE, *TRITON), timeout_s=1200)
+class ServeSideBySide(Scenario):
+    """Every server of `deployments.STARTERS` at once, same model, same cores, same load:
+    their closed-loop windows and the raw in-process limit interleaved in one session
+    (suite.timing.time_interleaved), so throughput ratios between servers come with a CI
+    measured in the same minutes; then goodput by search for each."""
+
+    def setup(self, ctx: RunContext) -> None:
+        from reference.serving import deployments
+        from reference.serving.process import ServerFailed
+
+        self.deployments: dict[str, Any] = {}
+        self.generator_cpus, server_cpus = deployments.cpu_split()
+        self.options = options({**ctx.params, "batching": True}, server_cpus)
+        self.subject = PreparedModel(ctx.params["model"], "torchscript", ctx.seed)
+        for name in deployments.STARTERS:
+            try:
+                self.deployments[name] = deployments.start(name, self.subject.version_dir,
+                                                           self.subject.workdir / name, self.options)
+            except ServerFailed as exc:
+                self.teardown()
+                raise Skip(f"{name} did not start: {exc}") from None
+        ctx.provenance.update(servers={n: d.provenance for n, d in self.deployments.items()},
+                              generator_cpus=sorted(self.generator_cpus or []), server_cpus=sorted(server_cpus or []))
+
+    def measure(self, ctx: RunContext) -> list[Metric]:
+        import contextlib
+
+        import torch
+
+        from suite import loadgen, timing
+
+        p = ctx.params
+        before = load_average()
+        predictor = load_predictor(self.subject.version_dir, p["threads"])
+        held = torch.get_num_threads()
+        torch.set_num_threads(p["threads"])
+        try:
+            with loadgen.pinned(self.generator_cpus), contextlib.ExitStack() as stack:
+                sessions = {name: stack.enter_context(loadgen.LoadSession(d.predict, self.subject.load_rows))
+                            for name, d in self.deployments.items()}
+                sources = {name: session.window_source(p["concurrency"], INTERLEAVED_WINDOW_S)
+                           for name, session in sessions.items()}
+                timed = timing.time_interleaved({**sources, "raw": raw_source(predictor, self.options.max_batch_size)},
+                                                ctx.budget, self_timed=True)
+                policy = window_policy(ctx.budget)
+                self.searches = {name: goodput_search(sessions[name], SEARCH_HEADROOM / statistics.median(
+                    timed[name].times), p["slo_ms"] / 1000.0, policy, ctx.seed) for name in sessions}
+        finally:
+            torch.set_num_threads(held)
+        found: list[Metric] = [stats.throughput("raw_throughput", "samples/s", 1, timed["raw"].times)]
+        curves = {}
+        for name, source in sources.items():
+            kept = len(timed[name].times)
+            found += [stats.throughput(f"{name}_throughput", "req/s", 1, timed[name].times),
+                      stats.summarize(f"{name}_latency", "s", False, source.latencies(kept)),
+                      stats.scalar(f"{name}_errors", "requests", False, source.errors(kept)),
+                      stats.ratio_of_medians(f"{name}_efficiency", timed["raw"].times, timed[name].times)]
+            good, curves[name] = goodput_metrics(self.searches[name], f"{name}_")
+            found += good
+        others = [name for name in sources if name != "fastapi"]
+        found += [stats.ratio_of_medians(f"fastapi_over_{name}", timed[name].times, timed["fastapi"].times)
+                  for name in others]
+        ctx.provenance.update(load_average_before=before, load_average_after=load_average(),
+                              window_s=INTERLEAVED_WINDOW_S, goodput_search=curves,
+                              latency_hdr_us={n: loadgen.hdr_export(s.latencies(len(timed[n].times)))
+                                              for n, s in sources.items()})
+        return found
+
+    def check(self, ctx: RunContext) -> list[Check]:
+        from reference.serving import conformance
+
+        try:
+            return [check for name, deployment in self.deployments.items()
+                    for check in _named(name, [conformance.outputs_match_eager(
+                        deployment.predict, self.subject.rows, self.subject.golden, self.subject.eager)])]
+        finally:
+            self.teardown()
+
+    def teardown(self) -> None:
+        for deployment in getattr(self, "deployments", {}).values():
+            deployment.stop()
+        self.deployments = {}
+        if getattr(self, "subject", None) is not None:
+            self.subject.cleanup()
+
+
+def _named(server: str, found: list[Check]) -> list[Check]:
+    return [c.model_copy(update={"detail": f"{server}: {c.detail}"}) for c in found]
 
 
 @scenario("serving.inprocess", grid={"model": ["small", "large", "xlarge"], "threads": [1], "batch": [1, 16, 64],
@@ -319,14 +470,14 @@ class ServeInProcess(Scenario):
                                        self.subject.golden, "fp32", baseline=self.subject.eager)]
 
 
-@scenario("serving.loadgen", grid={"tool": ["wrk", "hey"], "concurrency": [4, 16, 64], "model": ["small"],
-                                 "threads": [1], "rounds": [6]},
-          profiles={"quick": {"tool": ["wrk"], "concurrency": [16], "rounds": [4]}}, requires=(*MODEL, *HTTP),
-          timeout_s=300)
+@scenario("serving.loadgen", grid={"tool": ["wrk", "hey"], "concurrency": [1, 16, 64], "model": ["small"],
+                                 "threads": [1], "rounds": [10], "seconds": [1]},
+          profiles={"quick": {"tool": ["wrk"], "rounds": [5]}}, requires=(*MODEL, *HTTP), timeout_s=300)
 class ServeLoadgen(Scenario):
     """The load generator against wrk / hey on the same FastAPI endpoint: rounds of ours
-    and theirs in ABBA order, so drift hits both alike, compared on the medians over
-    rounds; plus the generator's own capacity."""
+    and theirs interleaved by suite.timing.time_interleaved, so drift hits both alike;
+    the ratio of throughputs (and of median latencies) with a bootstrap CI, plus the
+    generator's own capacity."""
 
     def requirements(self, params: dict[str, Any]) -> list[Requirement]:
         return [*MODEL, *HTTP, Binary(params["tool"])]
@@ -335,58 +486,64 @@ class ServeLoadgen(Scenario):
         from reference.serving import deployments
         from reference.serving.process import ServerFailed
 
+        self.generator_cpus, server_cpus = deployments.cpu_split()
         self.subject = PreparedModel(ctx.params["model"], "torchscript", ctx.seed)
         try:
             self.deployment = deployments.start("fastapi", self.subject.version_dir, self.subject.workdir / "run",
-                                                batching=True, threads=ctx.params["threads"])
+                                                options({**ctx.params, "batching": True, "max_queue_delay_ms": 2.0},
+                                                        server_cpus))
         except ServerFailed as exc:
             self.subject.cleanup()
             raise Skip(f"fastapi did not start: {exc}") from None
 
     def measure(self, ctx: RunContext) -> list[Metric]:
-        from reference.serving.conformance import with_adapter
-        from suite import loadgen
+        from reference.serving.external import ExternalSource
+        from suite import loadgen, timing
 
         p = ctx.params
-        seconds = max(1, round(ctx.budget.max_time_s))
-        policy = loadgen.WindowPolicy(duration_s=seconds / 3, max_windows=3, warmup_s=0.2)
+        rounds = Budget(warmup_calls=1, warmup_s=0.0, min_samples=p["rounds"], max_samples=p["rounds"],
+                        max_time_s=float(p["seconds"]), threads=ctx.budget.threads, seed=ctx.seed)
         request = self.subject.load_rows[0]
-
-        async def ours(adapter: Any) -> Any:
-            return await loadgen.closed_loop(adapter, [adapter.prepare(request)], p["concurrency"], policy)
-
-        def external() -> Any:
-            return loadgen.run_external(p["tool"], self.deployment.predict(), request, p["concurrency"], seconds)
-
-        mine, theirs = [], []
+        before = load_average()
         try:
-            for round_index in range(p["rounds"]):  # ABBA: neither generator always goes first
-                if round_index % 2:
-                    theirs.append(external())
-                mine.append(with_adapter(self.deployment.predict, ours))
-                if not round_index % 2:
-                    theirs.append(external())
+            with loadgen.pinned(self.generator_cpus), \
+                    loadgen.LoadSession(self.deployment.predict, [request]) as session:
+                self.ours = session.window_source(p["concurrency"], float(p["seconds"]))
+                self.theirs = ExternalSource(p["tool"], self.deployment.predict(), request, p["concurrency"],
+                                             p["seconds"], self.generator_cpus)
+                timed = timing.time_interleaved({"ours": self.ours, p["tool"]: self.theirs}, rounds, self_timed=True)
         finally:
             self.deployment.stop()
             self.subject.cleanup()
-        self.ours = mine
-        self.theirs = theirs
-        ctx.provenance.update(tool=p["tool"], event_loop=_event_loop_name(), seconds_per_run=seconds,
-                              external=[vars(t) for t in theirs], ours=[r.describe() for r in mine])
-        ours_p50 = [statistics.median(r.latencies) for r in mine]
+        ours_s, theirs_s = timed["ours"].times, timed[p["tool"]].times
+        kept_ours = self.ours.windows(len(ours_s))
+        kept_theirs = self.theirs.results[-len(theirs_s):]  # the warm-up runs came first
+        ours_p50 = [statistics.median(w.latencies) for w in kept_ours if w.latencies]
+        theirs_p50 = [t.p50_s for t in kept_theirs]
+        self.ratios = [stats.ratio_of_medians(f"ours_throughput_over_{p['tool']}", theirs_s, ours_s),
+                       stats.ratio_of_medians(f"ours_p50_over_{p['tool']}", ours_p50, theirs_p50,
+                                              higher_is_better=False)]
+        self.measured = self.ours.results[timed["ours"].warmup_calls:]  # one result per warm-up call came first
+        self.capacity = [r.capacity for r in self.measured]
+        ctx.provenance.update(tool=p["tool"], event_loop=_event_loop_name(), seconds_per_round=p["seconds"],
+                              generator_cpus=sorted(self.generator_cpus or []), load_average_before=before,
+                              load_average_after=load_average(), external=[vars(t) for t in kept_theirs],
+                              ours=[{"throughput": w.throughput, "p99_s": w.p99} for w in kept_ours])
         return [
-            stats.summarize("ours_throughput", "req/s", True, [r.throughput for r in mine]),
+            stats.throughput("ours_throughput", "req/s", 1, ours_s),
+            stats.throughput(f"{p['tool']}_throughput", "req/s", 1, theirs_s),
             stats.summarize("ours_p50", "s", False, ours_p50),
-            stats.summarize(f"{p['tool']}_throughput", "req/s", True, [t.throughput for t in theirs]),
-            stats.summarize(f"{p['tool']}_p50", "s", False, [t.p50_s for t in theirs]),
-            stats.summarize("loadgen_capacity", "req/s", True, [r.capacity for r in mine]),
+            stats.summarize(f"{p['tool']}_p50", "s", False, theirs_p50),
+            *self.ratios,
+            stats.summarize("loadgen_capacity", "req/s", True, self.capacity),
         ]
 
     def check(self, ctx: RunContext) -> list[Check]:
         from reference.serving import conformance
 
-        return [*conformance.agrees_with_external(self.ours, self.theirs),
-                conformance.loadgen_headroom(self.ours)]
+        return [*(conformance.agrees_with_external(r, ctx.params["tool"], ctx.params["concurrency"])
+                  for r in self.ratios),
+                conformance.loadgen_headroom(self.measured)]
 
 
 @scenario("serving.warmup", grid={"format": ["torchscript", "onnx", "state_dict"], "model": ["small"], "threads": [1]},
@@ -429,8 +586,7 @@ class ServeWarmup(Scenario):
 
         try:
             deployment = deployments.start_fastapi(self.subject.version_dir, self.subject.workdir / f"run-{warmup}",
-                                                   batching=True, max_batch_size=16, max_queue_delay_ms=2.0,
-                                                   threads=threads, warmup=warmup)
+                                                   deployments.ServeOptions(threads=threads), warmup=warmup)
         except ServerFailed as exc:
             raise Skip(f"fastapi did not start: {exc}") from None
         try:

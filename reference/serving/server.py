@@ -51,11 +51,12 @@ def main(argv: list[str] | None = None) -> None:
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
-            app.state.serving.draining = True  # /readyz says 503 from the first signal on
+            app.state.draining = True  # /readyz says 503 from the first signal on
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=args.drain_timeout_s, backlog=4096)
+                            timeout_graceful_shutdown=args.drain_timeout_s, backlog=4096, proxy_headers=False,
+                            server_header=False, date_header=False)
     print(f"serving {args.model_root} on http://{args.host}:{args.port} (pid {os.getpid()})", flush=True)
     DrainingServer(config).run()
 
@@ -73,7 +74,8 @@ class FastApiEndpoint:
 
 def start(model_root: Path, workdir: Path, *, version: str = "1", max_batch_size: int = 16,
           max_queue_delay_ms: float = 2.0, max_pending: int = 512, warmup: bool = True, threads: int = 1,
-          extra_args: tuple[str, ...] = (), timeout_s: float = 60.0) -> FastApiEndpoint:
+          extra_args: tuple[str, ...] = (), timeout_s: float = 60.0,
+          cpus: set[int] | None = None) -> FastApiEndpoint:
     """Start the reference server as a real uvicorn process on a free loopback port;
     returns once /readyz says ready (model loaded and warmed up)."""
     port = free_port()
@@ -86,7 +88,7 @@ def start(model_root: Path, workdir: Path, *, version: str = "1", max_batch_size
     base = f"http://127.0.0.1:{port}"
     workdir.mkdir(parents=True, exist_ok=True)
     server = ManagedServer("fastapi", command, workdir / f"fastapi-{port}.log", env=env,
-                           ready=lambda: http_ok(f"{base}/readyz"))
+                           ready=lambda: http_ok(f"{base}/readyz"), cpus=cpus)
     return FastApiEndpoint(base, server, server.start(timeout_s))
 
 

@@ -129,7 +129,7 @@ def _model_ready(management_url: str, workdir: Path) -> bool:
 
 def start_torchserve(version_dir: Path, workdir: Path, *, batch_size: int = 8, max_batch_delay_ms: int = 5,
                      threads: int = 1, max_request_bytes: int = 1 << 20,
-                     timeout_s: float = 120.0) -> TorchServeEndpoint:
+                     timeout_s: float = 120.0, cpus: set[int] | None = None) -> TorchServeEndpoint:
     """Archive, configure and start TorchServe; returns once the model's worker is ready."""
     workdir.mkdir(parents=True, exist_ok=True)
     store = workdir / "model-store"
@@ -141,7 +141,7 @@ def start_torchserve(version_dir: Path, workdir: Path, *, batch_size: int = 8, m
     command = [_tool("torchserve"), "--start", "--foreground", "--ts-config", str(config),
                "--model-store", str(store), "--ncs"]
     server = ManagedServer("torchserve", command, workdir / "torchserve.log", env=env, cwd=workdir,
-                           fatal_log_lines=("Failed to load model", "Load model failed"),
+                           fatal_log_lines=("Failed to load model", "Load model failed"), cpus=cpus,
                            ready=lambda: _model_ready(urls[1], workdir) and http_ok(
                                f"{urls[0]}/ping", {"Authorization": f"Bearer {inference_token(workdir)}"}))
     ready_s = server.start(timeout_s)

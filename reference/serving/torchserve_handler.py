@@ -5,7 +5,8 @@ Only one class may live in this module (TorchServe's rule), so a bad request is 
 A request body is JSON `{"inputs": [64 floats]}`; the response is `{"outputs": [10 floats]}`.
 TorchServe hands `handle` a batch of requests; each is validated on its own, so a bad one
 gets its own 400 while the others in the batch are still answered, and the valid rows run
-as one model call whose outputs go back in request order.
+as one model call whose outputs go back in request order (a row whose outputs are not
+finite gets a 400 too: JSON cannot carry them).
 """
 
 from __future__ import annotations
@@ -57,7 +58,13 @@ class DigitsHandler(BaseHandler):
                 responses[index] = {"error": str(exc)}
         if rows:
             with torch.inference_mode():
-                outputs = self.model(torch.tensor(rows, dtype=torch.float32)).tolist()
-            for index, output in zip(positions, outputs, strict=True):
-                responses[index] = {"outputs": output}
+                outputs = self.model(torch.tensor(rows, dtype=torch.float32))
+            finite = torch.isfinite(outputs).all(dim=1).tolist()
+            for index, output, ok in zip(positions, outputs.tolist(), finite, strict=True):
+                if ok:
+                    responses[index] = {"outputs": output}
+                else:  # JSON has no inf/NaN: inputs far outside the model's range
+                    message = "the model's outputs for these inputs are not finite numbers"
+                    context.set_response_status(400, message, index)
+                    responses[index] = {"error": message}
         return responses

@@ -176,7 +176,8 @@ class TritonEndpoint:
 
 def start_triton(version_dir: Path, workdir: Path, *, max_batch_size: int = 16, dynamic_batching: bool = True,
                  preferred_batch_sizes: Sequence[int] = (4, 8, 16), max_queue_delay_us: int = 2000,
-                 threads: int = 1, install: TritonInstall | None = None, timeout_s: float = 90.0) -> TritonEndpoint:
+                 threads: int = 1, install: TritonInstall | None = None, timeout_s: float = 90.0,
+                 cpus: set[int] | None = None) -> TritonEndpoint:
     """Write the model repository and start tritonserver on loopback; returns when the
     model is ready. Stopped with SIGTERM (Triton drains in-flight requests)."""
     install = install or ensure()
@@ -192,7 +193,7 @@ def start_triton(version_dir: Path, workdir: Path, *, max_batch_size: int = 16, 
                f"--backend-config=python,shm-region-prefix-name=mlsuite_{os.getpid()}_{http}_"]
     base = f"http://127.0.0.1:{http}"
     server = ManagedServer("tritonserver", command, workdir / "tritonserver.log", env=install.env(threads),
-                           cwd=workdir, ready=lambda: http_ok(f"{base}/v2/models/{MODEL_NAME}/ready"))
+                           cwd=workdir, ready=lambda: http_ok(f"{base}/v2/models/{MODEL_NAME}/ready"), cpus=cpus)
     ready_s = server.start(timeout_s)
     return TritonEndpoint(f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", f"http://127.0.0.1:{metrics}/metrics",
                           server, ready_s)

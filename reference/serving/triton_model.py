@@ -5,7 +5,8 @@ nothing from this repository).
 The stub's interpreter sees Triton's own virtualenv (numpy<2); torch comes from the
 site-packages directories named in the `site_packages` parameter of config.pbtxt, appended
 after it. Triton's dynamic batcher hands `execute` several requests; their rows run as one
-model call and each response gets back its own rows, in order.
+model call and each response gets back its own rows, in order; a request whose outputs
+are not finite gets an INVALID_ARG error instead.
 """
 
 import json
@@ -37,6 +38,11 @@ class TritonPythonModel:
         responses, start = [], 0
         for rows in arrays:
             part = np.ascontiguousarray(outputs[start:start + len(rows)])
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, part)]))
             start += len(rows)
+            if np.isfinite(part).all():
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, part)]))
+            else:  # JSON cannot carry inf/NaN: inputs far outside the model's range
+                error = pb_utils.TritonError("the model's outputs for these inputs are not finite numbers",
+                                             pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
         return responses
