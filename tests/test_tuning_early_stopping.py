@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("optuna")
 
-from reference.tuning import objectives, sweep  # noqa: E402
+from reference.tuning import conformance, objectives, sweep  # noqa: E402
 
 STEPS = 9
 HOPELESS = 0.0
@@ -72,6 +72,7 @@ def stopped_at(scheduler, tmp_path: Path) -> dict[float, int]:  # type: ignore[n
 
 
 @pytest.mark.slow
+@pytest.mark.breaks("tuning.ray.asha.stopped_early")
 def test_asha_stops_the_hopeless_trial_at_its_first_rung(cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from reference.tuning import ray_tune
 
@@ -79,4 +80,10 @@ def test_asha_stops_the_hopeless_trial_at_its_first_rung(cluster, tmp_path: Path
     stops = stopped_at(asha.scheduler(), tmp_path / "asha")
     assert stops[HOPELESS] == asha.rungs()[0] < STEPS, stops
     assert stops[max(QUALITIES)] == STEPS, stops
-    assert stopped_at(None, tmp_path / "fifo")[HOPELESS] == STEPS  # planted bug: no scheduler, no stopping
+    assert all(c.passed for c in conformance.asha_stops_at_rungs("tuning.ray.asha", list(stops.values()),
+                                                                 asha.rungs(), STEPS))
+    fifo = stopped_at(None, tmp_path / "fifo")  # planted bug: the scheduler dropped, nothing stops early
+    assert fifo[HOPELESS] == STEPS
+    found = {c.name: c for c in conformance.asha_stops_at_rungs("tuning.ray.asha", list(fifo.values()),
+                                                                asha.rungs(), STEPS)}
+    assert not found["tuning.ray.asha.stopped_early"].passed

@@ -32,20 +32,38 @@ def test_same_seed_gives_the_same_trials_on_every_storage(tmp_path: Path, storag
     branin = objectives.branin()
     first = seeded_run(tmp_path, storage, "a", studies.make_sampler("tpe", 7), branin)
     second = seeded_run(tmp_path, storage, "b", studies.make_sampler("tpe", 7), branin)
-    check = conformance.reproducible("repro", first[0], second[0], first[1], second[1])
+    check = conformance.reproducible(f"tuning.optuna.{storage}.same_seed_same_trials", first[0], second[0], first[1],
+                                     second[1])
     assert check.passed, check.detail
     memory = seeded_run(tmp_path, "memory", "m", studies.make_sampler("tpe", 7), branin)
-    assert conformance.reproducible("vs-memory", first[0], memory[0], first[1], memory[1]).passed
+    assert conformance.reproducible(f"tuning.optuna.{storage}.matches_in_memory", first[0], memory[0], first[1],
+                                    memory[1]).passed
 
 
+@pytest.mark.breaks("tuning.optuna.<storage>.matches_in_memory")
+def test_storage_check_catches_a_storage_that_drops_intermediate_values(tmp_path: Path) -> None:
+    """Planted bug: a storage that keeps each trial's final value but loses its reports."""
+    branin = objectives.learning_curve(steps=3)
+    stored = seeded_run(tmp_path, "sqlite", "a", studies.make_sampler("tpe", 7), branin, n_trials=4)
+    memory = seeded_run(tmp_path, "memory", "m", studies.make_sampler("tpe", 7), branin, n_trials=4)
+    lossy = [dataclasses.replace(record, intermediate=()) for record in stored[0]]
+    assert conformance.reproducible("tuning.optuna.sqlite.matches_in_memory", stored[0], memory[0], stored[1],
+                                    memory[1]).passed
+    check = conformance.reproducible("tuning.optuna.sqlite.matches_in_memory", lossy, memory[0], stored[1], memory[1])
+    assert not check.passed and "trial 0 differs" in check.detail
+
+
+@pytest.mark.breaks("tuning.optuna.<storage>.same_seed_same_trials")
 def test_reproducibility_check_catches_an_unseeded_sampler(tmp_path: Path) -> None:
     branin = objectives.branin()
     first = seeded_run(tmp_path, "sqlite", "a", studies.make_sampler("tpe", None), branin)
     second = seeded_run(tmp_path, "sqlite", "b", studies.make_sampler("tpe", None), branin)
-    check = conformance.reproducible("repro", first[0], second[0], first[1], second[1])
+    check = conformance.reproducible("tuning.optuna.sqlite.same_seed_same_trials", first[0], second[0], first[1],
+                                     second[1])
     assert not check.passed and "differs" in check.detail
 
 
+@pytest.mark.breaks("tuning.optuna.<storage>.same_seed_same_trials")
 def test_reproducibility_check_catches_an_objective_seeded_from_the_clock(tmp_path: Path) -> None:
     """Planted bug: digits training seeded from the clock (as if torch.manual_seed were forgotten)."""
     def clock_seeded(params, report):  # type: ignore[no-untyped-def]
@@ -54,7 +72,8 @@ def test_reproducibility_check_catches_an_objective_seeded_from_the_clock(tmp_pa
     digits = dataclasses.replace(objectives.digits_objective(epochs=1), fn=clock_seeded)
     first = seeded_run(tmp_path, "memory", "a", studies.make_sampler("random", 0), digits, n_trials=3)
     second = seeded_run(tmp_path, "memory", "b", studies.make_sampler("random", 0), digits, n_trials=3)
-    assert not conformance.reproducible("repro", first[0], second[0], first[1], second[1]).passed
+    assert not conformance.reproducible("tuning.optuna.memory.same_seed_same_trials", first[0], second[0], first[1],
+                                        second[1]).passed
 
 
 def pruning_objective(epochs: int = 3) -> objectives.Objective:
@@ -63,8 +82,12 @@ def pruning_objective(epochs: int = 3) -> objectives.Objective:
 
 def pruning_checks(objective: objectives.Objective, pruner: str = "median") -> list:
     study, bad = conformance.hopeless_half_study(objective, pruner, 8, seed=0)
-    return conformance.pruned_bad_half("pruning", studies.trial_records(study), bad,
-                                       startup_trials=conformance.PRUNER_STARTUP, by_step=conformance.PRUNED_BY_STEP)
+    return pruned_checks(studies.trial_records(study), bad)
+
+
+def pruned_checks(records: list, bad: set[int]) -> list:
+    return conformance.pruned_bad_half("tuning.optuna.pruning", records, bad, startup_trials=conformance.PRUNER_STARTUP,
+                                       by_step=conformance.PRUNED_BY_STEP)
 
 
 def test_median_pruner_stops_the_hopeless_half_by_step_2() -> None:
@@ -72,15 +95,31 @@ def test_median_pruner_stops_the_hopeless_half_by_step_2() -> None:
     assert all(c.passed for c in found), found
 
 
+@pytest.mark.breaks("tuning.optuna.pruning.bad_pruned_by_step_<step>")
 def test_pruning_check_catches_a_pruner_that_never_prunes() -> None:
     found = pruning_checks(pruning_objective(), pruner="none")
     assert not found[0].passed and "not pruned" in found[0].detail
 
 
+@pytest.mark.breaks("tuning.optuna.pruning.bad_pruned_by_step_<step>")
 def test_pruning_check_catches_a_study_optimising_the_wrong_direction() -> None:
     """Planted bug: accuracy minimised, so the pruner keeps the hopeless trials."""
     found = pruning_checks(dataclasses.replace(pruning_objective(), direction="minimize"))
     assert not all(c.passed for c in found)
+
+
+@pytest.mark.breaks("tuning.optuna.pruning.best_not_pruned")
+def test_pruning_check_catches_a_pruner_that_throws_away_the_good_trials() -> None:
+    """Planted bug: an inverted pruner that prunes every good trial (startup ones too) and
+    lets the hopeless ones complete, so the best completed trial is a hopeless one."""
+    study, bad = conformance.hopeless_half_study(pruning_objective(), "none", 6, seed=0)
+    inverted = [dataclasses.replace(r, state="PRUNED", value=None) if r.number not in bad else r
+                for r in studies.trial_records(study)]
+    found = {c.name: c for c in pruned_checks(inverted, bad)}
+    assert not found["tuning.optuna.pruning.best_not_pruned"].passed
+
+
+QUALITY = "tuning.quality.branin.tpe_beats_random"
 
 
 def final_regrets(objective: objectives.Objective, method: str, seeds: range, budget: int,
@@ -92,28 +131,30 @@ def final_regrets(objective: objectives.Objective, method: str, seeds: range, bu
 
 def test_tpe_beats_random_search_on_branin() -> None:
     branin = objectives.branin()
-    check, delta, low, high = conformance.beats("q", final_regrets(branin, "tpe", range(6), 40),
+    check, delta, low, high = conformance.beats(QUALITY, final_regrets(branin, "tpe", range(6), 40),
                                                 final_regrets(branin, "random", range(6), 40),
                                                 candidate_label="tpe", baseline_label="random")
     assert check.passed and delta < 0 and high < 0, check.detail
 
 
+@pytest.mark.breaks("tuning.quality.<function>.tpe_beats_random")
 def test_quality_check_catches_a_sampler_searching_the_wrong_direction() -> None:
     """Planted bug: TPE run with direction=maximize on a loss; its 'best' is scored honestly."""
     branin = objectives.branin()
     flipped = dataclasses.replace(branin, direction="maximize")
-    check, *_ = conformance.beats("q", final_regrets(flipped, "tpe", range(6), 40, scored_by=branin),
+    check, *_ = conformance.beats(QUALITY, final_regrets(flipped, "tpe", range(6), 40, scored_by=branin),
                                   final_regrets(branin, "random", range(6), 40),
                                   candidate_label="tpe", baseline_label="random")
     assert not check.passed
 
 
+@pytest.mark.breaks("tuning.quality.<function>.tpe_beats_random")
 def test_quality_check_does_not_pass_two_identical_methods() -> None:
     branin = objectives.branin()
     same = final_regrets(branin, "random", range(5), 20)
-    assert not conformance.beats("q", same, same, candidate_label="a", baseline_label="b")[0].passed
+    assert not conformance.beats(QUALITY, same, same, candidate_label="a", baseline_label="b")[0].passed
     with pytest.raises(ValueError, match="same seeds"):
-        conformance.beats("q", same, same[:2], candidate_label="a", baseline_label="b")
+        conformance.beats(QUALITY, same, same[:2], candidate_label="a", baseline_label="b")
 
 
 def test_optimize_honours_n_trials_and_timeout() -> None:

@@ -21,8 +21,8 @@ BRANIN_GRID = {"method": "grid", "metric": {"name": "value", "goal": "minimize"}
 
 
 def conforms(parsed: sweep.Sweep, run: sweep.SweepRun) -> list:
-    return conformance.sweep_conforms("sweep", parsed.space, parsed.method, [p for p, _ in run.trials],
-                                      parsed.trial_count())
+    return conformance.sweep_conforms(f"tuning.sweep.{parsed.method}", parsed.space, parsed.method,
+                                      [p for p, _ in run.trials], parsed.trial_count())
 
 
 @pytest.mark.parametrize("config", [BRANIN_RANDOM, BRANIN_GRID, {**BRANIN_RANDOM, "method": "bayes"}])
@@ -42,22 +42,25 @@ def test_grid_sweep_visits_every_point_once() -> None:
         (x1, x2) for x1 in (-3.0, 3.14, 9.42) for x2 in (2.275, 12.0))
 
 
+@pytest.mark.breaks("tuning.sweep.<method>.values_in_space")
 def test_space_check_catches_a_translation_that_drops_q() -> None:
     """Planted bug: q_uniform translated without its step, so values leave the grid of q."""
     parsed = sweep.parse(BRANIN_RANDOM)
     dropped_q = dataclasses.replace(parsed, space={**parsed.space, "x1": Float(-5.0, 10.0)})
     run = sweep.run_sweep(dropped_q, objectives.branin(), seed=0)
     found = {c.name: c for c in conforms(parsed, run)}
-    assert not found["sweep.values_in_space"].passed and "x1=" in found["sweep.values_in_space"].detail
+    check = found["tuning.sweep.random.values_in_space"]
+    assert not check.passed and "x1=" in check.detail
 
 
+@pytest.mark.breaks("tuning.sweep.<method>.grid_points_once")
 def test_grid_check_catches_random_sampling_of_the_grid_values() -> None:
     """Planted bug: a grid sweep run with the random sampler over the same values."""
     parsed = sweep.parse(BRANIN_GRID)
     as_random = dataclasses.replace(parsed, method="random", run_cap=parsed.trial_count())
     run = sweep.run_sweep(as_random, objectives.branin(), seed=0)
     found = {c.name: c for c in conforms(parsed, run)}
-    assert not found["sweep.grid_points_once"].passed
+    assert not found["tuning.sweep.grid.grid_points_once"].passed
 
 
 def test_hyperband_early_termination_stops_trials_and_target_stops_the_sweep() -> None:
@@ -70,6 +73,15 @@ def test_hyperband_early_termination_stops_trials_and_target_stops_the_sweep() -
     run = sweep.run_sweep(targeted, objectives.learning_curve(), seed=0)
     assert run.best()[1] >= 0.5 and len(run.trials) < 12  # stopped at the first trial to reach it
     assert run.trials[-1][1] is not None and run.trials[-1][1] >= 0.5
+
+
+@pytest.mark.breaks("tuning.sweep.<method>.trial_count")
+def test_trial_count_check_catches_a_sweep_that_ignores_run_cap() -> None:
+    """Planted bug: run_cap dropped on the way to the backend (the backend's default of 4 trials)."""
+    parsed = sweep.parse(BRANIN_RANDOM)
+    run = sweep.run_sweep(dataclasses.replace(parsed, run_cap=4), objectives.branin(), seed=0)
+    found = {c.name: c for c in conforms(parsed, run)}
+    assert not found["tuning.sweep.random.trial_count"].passed
 
 
 def test_backend_arguments_are_checked(tmp_path: Path) -> None:

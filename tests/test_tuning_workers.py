@@ -29,7 +29,8 @@ def isolated_worker(job: workers.WorkerJob) -> list[tuple[int, float | None]]:
 def shared_checks(tmp_path: Path, storage: str, worker=workers.optimize_worker) -> list:  # type: ignore[no-untyped-def]
     study, reported = workers.run_workers(storage=storage, directory=tmp_path, objective="branin",
                                           workers=WORKERS, trials_per_worker=TRIALS, worker=worker)
-    return conformance.shared_study_complete("shared", studies.trial_records(study), reported, WORKERS, TRIALS)
+    return conformance.shared_study_complete(f"tuning.optuna.workers.{storage}", studies.trial_records(study), reported,
+                                             WORKERS, TRIALS)
 
 
 @pytest.mark.parametrize("storage", ["sqlite", "journal"])
@@ -39,17 +40,21 @@ def test_workers_share_one_study_without_losing_a_trial(tmp_path: Path, storage:
     assert found[0].observed == WORKERS * TRIALS
 
 
+@pytest.mark.breaks("tuning.optuna.workers.<storage>.trial_count", "tuning.optuna.workers.<storage>.no_lost_results")
 def test_shared_study_check_catches_workers_that_do_not_share(tmp_path: Path) -> None:
     found = {c.name: c for c in shared_checks(tmp_path, "sqlite", worker=isolated_worker)}
-    assert not found["shared.trial_count"].passed and found["shared.trial_count"].observed == 0
-    assert not found["shared.no_lost_results"].passed
+    count = found["tuning.optuna.workers.sqlite.trial_count"]
+    assert not count.passed and count.observed == 0
+    assert not found["tuning.optuna.workers.sqlite.no_lost_results"].passed
 
 
+@pytest.mark.breaks("tuning.optuna.workers.<storage>.no_lost_results", "tuning.optuna.workers.<storage>.numbers_unique")
 def test_a_changed_or_duplicated_result_is_caught() -> None:
     record = studies.TrialRecord(number=0, state="COMPLETE", params=(), value=1.0, intermediate=(), duration_s=0.0)
-    changed = conformance.shared_study_complete("s", [record], [[(0, 2.0)]], 1, 1)
+    name = "tuning.optuna.workers.sqlite"
+    changed = conformance.shared_study_complete(name, [record], [[(0, 2.0)]], 1, 1)
     assert not changed[2].passed
-    duplicated = conformance.shared_study_complete("s", [record, record], [[(0, 1.0)], [(0, 1.0)]], 2, 1)
+    duplicated = conformance.shared_study_complete(name, [record, record], [[(0, 1.0)], [(0, 1.0)]], 2, 1)
     assert duplicated[0].passed and not duplicated[1].passed  # right count, numbers repeated
 
 
