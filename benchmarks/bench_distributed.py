@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
+from suite import registry
+
 from .common import prepared, variants
 
 if TYPE_CHECKING:  # not at run time: asv also runs this file against commits without the module
     from reference.distributed.scenarios import DistributedScenario
 
-# Every strategy the distributed scenarios register (every DeepSpeed stage of their grid).
-VARIANTS = variants("distributed.*", exclude=("world_sizes",))
+# Every strategy the distributed scenarios register (every DeepSpeed stage of their grid);
+# the launcher scenarios (elastic torchrun, deepspeed --hostfile) have no step to time.
+VARIANTS = {label: point for label, point in variants("distributed.*", exclude=("world_sizes",)).items()
+            if "world_sizes" in registry.get(point[0]).grid}
 
 
 class DistributedStep:

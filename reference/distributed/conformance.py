@@ -42,6 +42,11 @@ CHECK_IDS = (
     "<strategy>.parameters_match_single_process",
     "<strategy>.loss_curve_matches_single_process",
     "<strategy>.<state>_bytes_shrink",
+    "distributed.elastic.node_lost_mid_training",
+    "distributed.elastic.resumed_from_checkpoint",
+    "distributed.elastic.survivors_finished",
+    "distributed.elastic.parameters_match_uninterrupted",
+    "distributed.deepspeed.hostfile.ranks_from_slots",
 )
 
 # fp32 throughout. Same-order arithmetic must be exact (the ranks of one DDP job; a resumed
@@ -240,3 +245,45 @@ def memory_checks(strategy: str, shards: Iterable[str], candidate: Sequence[dict
             f"mean per-rank {kind} bytes / replicated bytes on {world} ranks (1/{world} is perfect sharding); "
             f"per rank {[r[kind] for r in candidate]} vs {replicated[0][kind]}"))
     return found
+
+
+# ------------------------------------------------------------------- elastic torchrun
+
+def elastic_checks(run: Any, uninterrupted: Parameters, steps: int, nodes: int) -> list[Check]:
+    """A node killed mid-training (an `elastic_job.ElasticRun`): the job restarted on fewer
+    nodes, resumed from the step of the last checkpoint (losing at most the step in flight),
+    ran every remaining step once, the survivors exited cleanly, and the final parameters
+    equal an uninterrupted single-process run on the same global batches."""
+    restarts = [s for s in run.starts() if s["restart"] > 0]
+    first = restarts[0] if restarts else None
+    before = [e["step"] for e in run.events if e["event"] == "step" and (first is None or e["time"] < first["time"])]
+    after = [e["step"] for e in run.events if e["event"] == "step" and first is not None and e["time"] > first["time"]]
+    last_done = max(before, default=-1)
+    resumed = first is not None and 0 < first["from_step"] and last_done + 1 <= first["from_step"] <= last_done + 2
+    survivors = run.returncodes[: nodes - 1]
+    return [
+        checks.holds("distributed.elastic.node_lost_mid_training",
+                     first is not None and first["world_size"] < nodes and 0 < run.steps_before_kill < steps,
+                     f"a restart at a smaller world size than {nodes}",
+                     f"killed after {run.steps_before_kill} of {steps} steps; (restart, world, from step) of each "
+                     f"start: {[(s['restart'], s['world_size'], s['from_step']) for s in run.starts()]}"),
+        checks.holds("distributed.elastic.resumed_from_checkpoint",
+                     first is not None and resumed and after == list(range(first["from_step"], steps)),
+                     "rank 0's checkpoint after the last finished step",
+                     f"last step finished before the restart {last_done}; resumed at "
+                     f"{first['from_step'] if first else None}; steps after: {after[:3]}..{after[-1:]}"),
+        checks.holds("distributed.elastic.survivors_finished", survivors == [0] * (nodes - 1),
+                     "exit code 0 on every surviving node", f"exit codes {run.returncodes}"),
+        checks.at_most("distributed.elastic.parameters_match_uninterrupted",
+                       worst_relative_l2_error(run.parameters, uninterrupted), FP32,
+                       "an uninterrupted single-process run on the same global batches",
+                       f"{steps} AdamW steps, world size {nodes} then "
+                       f"{first['world_size'] if first else '?'}; worst tensor's relative L2 error; "
+                       f"max |difference| {max_abs_difference(run.parameters, uninterrupted):.3g}"),
+    ]
+
+
+def ranks_from_hostfile(world_size: int, slots: dict[str, int]) -> Check:
+    """The launcher started one rank per slot of the hostfile."""
+    return checks.holds("distributed.deepspeed.hostfile.ranks_from_slots", world_size == sum(slots.values()),
+                        f"hostfile slots {slots}", f"the job ran at world size {world_size}")

@@ -39,17 +39,9 @@ from reference.distributed.ddp import MicroBatches
 from reference.distributed.memory import HeldBytes, held_bytes
 from reference.distributed.runtime import DEFAULT_BACKEND, Session, mean_over_ranks, process_group
 from reference.distributed.strategies import ModelFactory, Strategy
+from reference.distributed.zero_stages import SHARDED, STAGES
 
 DS_CONFIG = Path(__file__).with_name("ds_config.json")
-STAGES: dict[str, tuple[int, bool]] = {  # name: (ZeRO stage, optimizer offloaded to CPU)
-    "stage0": (0, False),
-    "stage1": (1, False),
-    "stage2": (2, False),
-    "stage2_offload": (2, True),
-    "stage3": (3, False),
-}
-SHARDED = {0: frozenset(), 1: frozenset({"optimizer_state"}), 2: frozenset({"optimizer_state"}),
-           3: frozenset({"parameters", "optimizer_state"})}
 
 
 def sharded_state_of(stage_name: str) -> frozenset[str]:

@@ -14,6 +14,7 @@ resources of one rank of 2.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from reference.distributed.zero_stages import STAGES
 from suite import stats, timing
 from suite.context import RunContext
 from suite.profiles import Budget
@@ -32,7 +34,6 @@ TORCH = Package("torch")
 DEEPSPEED = Package("deepspeed")
 STEP_CHUNK = 4  # timed steps per request to the ranks (their samples come back one per step)
 CHECK_STEPS = 5  # AdamW steps of the equivalence check
-DEEPSPEED_STAGES = ["stage0", "stage1", "stage2", "stage2_offload", "stage3"]
 GRID: dict[str, list[Any]] = {"device": ["cpu"], "size": ["small"], "micro_batch": [32], "world_sizes": [[1, 2]]}
 GPU: dict[str, list[Any]] = {"device": ["cuda"], "size": ["base"], "micro_batch": [256], "world_sizes": [[1, 2]]}
 
@@ -295,7 +296,7 @@ class DistFSDP2(DistributedScenario):
         return "torch.fsdp2"
 
 
-@scenario("distributed.zero.deepspeed", grid={**GRID, "stage": DEEPSPEED_STAGES}, requires=(TORCH, DEEPSPEED),
+@scenario("distributed.zero.deepspeed", grid={**GRID, "stage": list(STAGES)}, requires=(TORCH, DEEPSPEED),
           timeout_s=900, profiles={"quick": {**SHARDED_QUICK, "stage": ["stage2", "stage2_offload", "stage3"]},
                                    "gpu": GPU})
 class DistZeroDeepSpeed(DistributedScenario):
@@ -311,3 +312,85 @@ class DistZeroDeepSpeed(DistributedScenario):
 
         ctx.provenance["jit_ops_before_launch"] = jit_cache()
         super().setup(ctx)
+
+
+@scenario("distributed.elastic", grid={"nodes": [2], "steps": [30], "kill_after_step": [10], "step_sleep_s": [0.2],
+                                     "global_batch": [32]},
+          profiles={"quick": {}}, requires=(TORCH,), timeout_s=600)
+class DistElastic(Scenario):
+    """Elastic torchrun (c10d rendezvous, --nnodes=1:N, --max-restarts) with one agent per
+    node on loopback; the last node is SIGKILLed mid-training. Restart time (kill to the next
+    finished step) and the final parameters' distance from an uninterrupted run."""
+
+    def requirements(self, params: dict[str, Any]) -> list[Requirement]:
+        return [TORCH, Processes(params["nodes"])]
+
+    def measure(self, ctx: RunContext) -> list[Metric]:
+        from reference.distributed import conformance, elastic, elastic_job
+
+        p = ctx.params
+        with tempfile.TemporaryDirectory(prefix="mlsuite-elastic-") as tmp:
+            self.config = elastic.ElasticConfig(steps=p["steps"], global_batch=p["global_batch"], seed=ctx.seed,
+                                                step_sleep_s=p["step_sleep_s"], checkpoint_dir=f"{tmp}/ckpt")
+            started = time.perf_counter()
+            self.run = elastic_job.run_elastic(self.config, Path(tmp), nodes=p["nodes"],
+                                               kill_after_step=p["kill_after_step"])
+            wall = time.perf_counter() - started
+        self.uninterrupted = elastic.train(dataclasses.replace(self.config, checkpoint_dir=None, step_sleep_s=0.0))
+        restart = self.run.restart_s()
+        ctx.provenance.update(launcher="torchrun --rdzv-backend=c10d --nnodes=1:N --max-restarts=3 (one agent per "
+                                       "node, 127.0.0.1)", starts=self.run.starts(),
+                              rendezvous={"last_call_s": elastic_job.LAST_CALL_S,
+                                          "keep_alive_s": elastic_job.KEEP_ALIVE_S,
+                                          "keep_alive_misses": elastic_job.KEEP_ALIVE_MISSES})
+        return [
+            stats.scalar("job_wall", "s", False, wall, kind="cold"),
+            stats.scalar("restart_s", "s", False, restart if restart is not None else float("nan"), kind="cold"),
+            stats.scalar("final_parameter_max_abs_diff", "abs", False,
+                         conformance.max_abs_difference(self.run.parameters, self.uninterrupted)),
+        ]
+
+    def check(self, ctx: RunContext) -> list[Check]:
+        from reference.distributed import conformance
+
+        return conformance.elastic_checks(self.run, self.uninterrupted, ctx.params["steps"], ctx.params["nodes"])
+
+
+@scenario("distributed.deepspeed.hostfile", grid={"stage": ["stage2"], "slots": [2], "steps": [5]},
+          profiles={"quick": {}}, requires=(TORCH, DEEPSPEED), timeout_s=900)
+class DistDeepSpeedHostfile(Scenario):
+    """The deepspeed launcher reading a hostfile (`localhost slots=N`): how long the launch
+    takes end to end, and whether the ranks it started train like single-process AdamW."""
+
+    def requirements(self, params: dict[str, Any]) -> list[Requirement]:
+        return [TORCH, DEEPSPEED, Processes(params["slots"])]
+
+    def measure(self, ctx: RunContext) -> list[Metric]:
+        import torch
+
+        from reference.distributed import deepspeed_zero, hostfile, launch
+
+        p = ctx.params
+        with tempfile.TemporaryDirectory(prefix="mlsuite-dshost-") as tmp:
+            hosts = hostfile.write_hostfile(Path(tmp, "hostfile"), {"localhost": p["slots"]})
+            args = ["--stage", p["stage"], "--steps", str(p["steps"]), "--seed", str(ctx.seed), "--out-dir", tmp]
+            started = time.perf_counter()
+            launch.run_command(hostfile.deepspeed_hostfile_command(deepspeed_zero.__file__, args, hosts),
+                               self.timeout_s, env=launch.deepspeed_environment(p["slots"], "cpu"))
+            wall = time.perf_counter() - started
+            self.result = torch.load(Path(tmp, "parameters.pt"), weights_only=True)
+        ctx.provenance.update(launcher="deepspeed --hostfile (localhost slots=N) --no_ssh_check", hosts=1)
+        return [stats.scalar("launch_to_exit", "s", False, wall, kind="cold")]
+
+    def check(self, ctx: RunContext) -> list[Check]:
+        from reference.distributed import conformance
+        from reference.distributed.deepspeed_zero import batching_of, load_config
+        from reference.training.models import build
+
+        p = ctx.params
+        config = load_config()
+        reference = conformance.single_process_training(lambda: build("mlp", "tiny", ctx.seed), config,
+                                                        batching_of(config, p["slots"]), p["steps"], ctx.seed)
+        return [conformance.ranks_from_hostfile(self.result["world_size"], {"localhost": p["slots"]}),
+                *conformance.equivalence_checks(f"deepspeed.hostfile.{p['stage']}", self.result, reference,
+                                                p["steps"], p["slots"])]

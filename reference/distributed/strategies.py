@@ -158,7 +158,7 @@ def sharded_state(name: str) -> frozenset[str]:
 
 
 def names() -> list[str]:
-    from reference.distributed.deepspeed_zero import STAGES
+    from reference.distributed.zero_stages import STAGES
 
     return [*TORCH_STRATEGIES, *(f"deepspeed.{stage}" for stage in STAGES)]
 

@@ -129,7 +129,8 @@ def postgres_server(database: str = "optuna", settings: dict[str, str] | None = 
     bindir = find_bindir()
     assert bindir is not None
     owner = _owner()
-    root = Path(tempfile.mkdtemp(prefix="mlsuite-pg-"))
+    # under root the server runs as another user, who must reach the directory: /tmp, not $TMPDIR
+    root = Path(tempfile.mkdtemp(prefix="mlsuite-pg-", dir="/tmp" if owner else None))
     process: subprocess.Popen[bytes] | None = None
     try:
         started = time.perf_counter()

@@ -45,12 +45,23 @@ def optimize_worker(job: WorkerJob) -> list[tuple[int, float | None]]:
     return finished
 
 
+Worker = Callable[[WorkerJob], list[tuple[int, float | None]]]
+JobRunner = Callable[[Worker, list[WorkerJob]], list[list[tuple[int, float | None]]]]
+
+
+def process_pool(worker: Worker, jobs: list[WorkerJob]) -> list[list[tuple[int, float | None]]]:
+    """Each job in a fresh interpreter (spawn), as on separate machines (no forked DB connections)."""
+    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(worker, jobs))
+
+
 def run_workers(*, storage: str, directory: Path, objective: str, workers: int, trials_per_worker: int,
                 sampler: str = "tpe", seed: int = 0, objective_options: dict[str, Any] | None = None,
-                worker: Callable[[WorkerJob], list[tuple[int, float | None]]] = optimize_worker,
+                worker: Worker = optimize_worker, run_jobs: JobRunner = process_pool,
                 ) -> tuple[optuna.Study, list[list[tuple[int, float | None]]]]:
-    """Create the study, run `workers` processes against it, return the study as the
-    storage holds it and what each worker reported."""
+    """Create the study, run `workers` jobs against it (local processes, or a cluster's jobs
+    through `run_jobs`: see slurm.py), return the study as the storage holds it and what each
+    worker reported."""
     if storage == "memory":
         raise ValueError("an in-memory study cannot be shared between processes; use sqlite, journal or a URL")
     name = f"shared-{objective}-{uuid.uuid4().hex[:8]}"  # a database server keeps every earlier study
@@ -60,8 +71,6 @@ def run_workers(*, storage: str, directory: Path, objective: str, workers: int, 
                          sampler=studies.make_sampler(sampler, seed), storage=shared, study_name=name)
     jobs = [WorkerJob(storage, str(directory), name, objective, options, sampler, seed + 1 + index,
                       trials_per_worker) for index in range(workers)]
-    # spawn: a fresh interpreter per worker, as on separate machines (no forked DB connections)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        reported = list(pool.map(worker, jobs))
+    reported = run_jobs(worker, jobs)
     assert shared is not None
     return optuna.load_study(study_name=name, storage=shared), reported
