@@ -45,3 +45,14 @@ def test_amp_tracks_fp32_on_cuda(dtype: str) -> None:
     found = conformance.amp_tracks_fp32(fp32, conformance.train_to_convergence(workload, amp, epochs=8))
     assert all(c.passed for c in found), found
     assert conformance.baseline_reaches_accuracy(fp32).passed
+
+
+def test_interleaved_contenders_are_both_timed_on_the_device_clock() -> None:
+    from suite.timing import time_interleaved
+
+    small, large = torch.randn(256, 256, device="cuda"), torch.randn(4096, 4096, device="cuda")
+    budget = Budget(warmup_calls=3, warmup_s=0.0, min_samples=20, max_samples=20, max_time_s=1.0)
+    timed = time_interleaved({"small": lambda: small @ small, "large": lambda: large @ large}, budget, "cuda")
+    assert {t.clock for t in timed.values()} == {"device"}
+    assert all(len(t.times) == 20 for t in timed.values())
+    assert sorted(timed["small"].times)[10] < sorted(timed["large"].times)[10]
