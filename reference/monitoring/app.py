@@ -13,8 +13,8 @@ seen before or a second, different label, 411 without a Content-Length, 413 abov
 `max_body_bytes` (the body is not read), 415 for a non-JSON Content-Type, 408 when headers and
 body have not arrived within `read_timeout_s` (one deadline for the whole request, so a short
 body, a lying Content-Length or a trickling client frees its thread in bounded time), 404 and
-405 for unknown paths and methods. `/label` publishes the monitor's running totals (O(1)), not
-a window recomputed over every prediction held.
+405 for unknown paths and methods. The accuracy and unlabeled gauges read the monitor's
+running totals (O(1)) when scraped; no request recomputes a window over every prediction held.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from reference.monitoring.logs import PredictionLog
 from reference.monitoring.metrics import ModelMetrics
 from reference.monitoring.openapi import openapi_document
-from reference.monitoring.performance import Conflict, PerformanceMonitor
+from reference.monitoring.performance import Conflict, PerformanceMonitor, Totals
 
 MAX_BODY_BYTES = 64 * 1024  # a prediction is ~300 bytes
 READ_TIMEOUT_S = 5.0
@@ -92,6 +92,12 @@ class PredictionService:
                  monitor: PerformanceMonitor) -> None:
         self.model, self.metrics, self.log, self.monitor = model, metrics, log, monitor
         self._lock = threading.Lock()  # the monitor is not thread-safe; the HTTP server is threaded
+        metrics.follow(self.totals)
+
+    def totals(self) -> Totals:
+        """The monitor's running totals (O(1)), read by the gauges at every scrape."""
+        with self._lock:
+            return self.monitor.totals()
 
     def predict(self, payload: Any) -> dict[str, Any]:
         started = time.perf_counter()
@@ -100,7 +106,6 @@ class PredictionService:
         latency = time.perf_counter() - started
         with self._lock:
             self.monitor.record_prediction(prediction_id, predicted, latency, time.time())
-            self.metrics.observe_window(self.monitor.totals())
         self.metrics.observe_prediction(predicted, latency)
         self.log.prediction(prediction_id, self.metrics.model_version, predicted, confidence, latency)
         return {"id": prediction_id, "predicted_class": predicted, "confidence": confidence}
@@ -111,7 +116,6 @@ class PredictionService:
             raise BadInput(f'expected {{"id": str, "label": one of {self.model.class_names}}}')
         with self._lock:
             self.monitor.record_label(payload["id"], payload["label"])
-            self.metrics.observe_window(self.monitor.totals())
         return {"id": payload["id"]}
 
     def _parse(self, payload: Any) -> tuple[str, np.ndarray]:

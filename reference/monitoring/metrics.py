@@ -11,7 +11,7 @@ is a Python keyword.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -60,9 +60,14 @@ class ModelMetrics:
     def observe_error(self, error_type: str) -> None:
         self.errors.labels(self.model_version, error_type if error_type in self.error_types else OTHER).inc()
 
-    def observe_window(self, window: WindowMetrics | Totals) -> None:
-        """Publish a window of the performance monitor, or its running totals (accuracy stays
-        unset until a label arrives)."""
+    def follow(self, totals: Callable[[], Totals]) -> None:
+        """Read the monitor's running totals at every scrape instead of on every request: no
+        per-request cost, never stale (accuracy is NaN until a label arrives)."""
+        self.accuracy.labels(self.model_version).set_function(lambda: totals().accuracy)
+        self.unlabeled.labels(self.model_version).set_function(lambda: totals().unlabeled)
+
+    def observe_window(self, window: WindowMetrics) -> None:
+        """Publish one window of the performance monitor (accuracy stays unset until a label arrives)."""
         if window.labeled:
             self.accuracy.labels(self.model_version).set(window.accuracy)
         self.unlabeled.labels(self.model_version).set(window.unlabeled)
