@@ -1,0 +1,164 @@
+"""How often `mlsuite ab` cries wolf, and how often it catches a real slowdown, on this host.
+
+A scratch clone of the repository gets one extra commit whose timed training step does
+10% more CPU work (a planted regression, never committed to the real repository). Then
+`mlsuite ab HEAD HEAD` (A/A) and `mlsuite ab HEAD~1 HEAD` (planted) decide again and
+again, without and with a bounded CPU hog on one core (`stress-ng`), and every decision,
+its verdicts and the host's load are written to results/studies/. `nox -s study-ab`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+from suite.runner import REPO_ROOT
+
+# The timed step spins for a tenth of its own CPU time: 10% more work, whatever the load.
+PLANTED_WORK = '''
+
+_unplanted_train_step = train_step
+
+
+def train_step(*args, **kwargs):  # planted by suite.study: 10% more CPU work, same result
+    import time
+
+    started = time.process_time()
+    result = _unplanted_train_step(*args, **kwargs)
+    until = time.process_time() + 0.1 * (time.process_time() - started)
+    while time.process_time() < until:
+        pass
+    return result
+'''
+
+SCENARIOS = {  # the selection of each decision: a training step, an optimize latency, a drift step
+    "training.baseline": ["model=mlp"],
+    "optimize.eager": [],
+    "monitoring.drift": ["rows=2000"],
+}
+FAST_BUDGET = "[profiles.quick]\nwarmup_s = 0.1\nmax_time_s = 0.3\n"
+
+
+def scratch_clone(parent: Path) -> Path:
+    """A clone of HEAD with one more commit: the planted 10% more work."""
+    clone = parent / "clone"
+    subprocess.run(["git", "clone", "-q", "--no-local", str(REPO_ROOT), str(clone)], check=True, timeout=300)
+    loop = clone / "reference" / "training" / "loop.py"
+    loop.write_text(loop.read_text() + PLANTED_WORK)
+    git = ["git", "-C", str(clone), "-c", "user.name=study", "-c", "user.email=study@localhost"]
+    subprocess.run([*git, "commit", "-qam", "planted: 10% more work in the training step"], check=True)
+    return clone
+
+
+@contextmanager
+def cpu_hog(on: bool, seconds: int) -> Iterator[None]:
+    """A bounded hog on one core: stress-ng stops by itself after `seconds` at the latest."""
+    if not on:
+        yield
+        return
+    if shutil.which("stress-ng") is None:
+        raise SystemExit("stress-ng is not installed (apt-get install stress-ng)")
+    hog = subprocess.Popen(["stress-ng", "--cpu", "1", "--timeout", f"{seconds}s", "--quiet"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        hog.terminate()
+        hog.wait(timeout=30)
+
+
+def decide(clone: Path, base: str, head: str, only: str, where: list[str], rounds: int, config: Path,
+           out: Path) -> dict[str, Any]:
+    load_before = os.getloadavg()
+    args = [sys.executable, "-m", "suite", "ab", base, head, "--only", only, "--rounds", str(rounds),
+            "--config", str(config), "--out", str(out)]
+    for item in where:
+        args += ["--where", item]
+    started = time.monotonic()
+    done = subprocess.run(args, cwd=clone, capture_output=True, text=True, timeout=3600)
+    verdicts_file = sorted(out.glob("*-verdicts.json"))[-1] if done.returncode in (0, 1, 3) else None
+    verdicts = json.loads(verdicts_file.read_text()) if verdicts_file else {}
+    if verdicts_file:
+        verdicts_file.unlink()
+    rows = verdicts.get("comparisons", [])
+    return {
+        "scenario": only, "where": where, "exit": done.returncode, "seconds": round(time.monotonic() - started, 1),
+        "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
+        "verdicts": {f"{r['metric']}.{r['stat']}": r["verdict"] for r in rows},
+        "step_time": next(({k: r[k] for k in ("baseline", "current", "ratio", "verdict", "threshold", "detectable")}
+                           for r in rows if r["metric"] == "step_time"), None),
+        "oversubscribed_runs": verdicts.get("oversubscribed_runs"),
+        "error": "" if verdicts_file else done.stderr[-500:],
+    }
+
+
+def rate(outcomes: list[bool]) -> dict[str, Any]:
+    from scipy.stats import binomtest
+
+    hits, n = sum(outcomes), len(outcomes)
+    if not n:
+        return {"k": 0, "n": 0}
+    ci = binomtest(hits, n).proportion_ci(confidence_level=0.95, method="exact")
+    return {"k": hits, "n": n, "rate": hits / n, "ci95": [round(ci.low, 3), round(ci.high, 3)]}
+
+
+def summarize(decisions: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for kind in ("aa", "planted"):
+        for hog in (False, True):
+            picked = [d for d in decisions if d["kind"] == kind and d["hog"] == hog and not d["error"]]
+            key = f"{kind}{'_hog' if hog else ''}"
+            summary[key] = {verdict: rate([d["exit"] == code for d in picked])
+                            for verdict, code in (("regressed", 1), ("inconclusive", 3), ("pass", 0))}
+            summary[key]["load_before_1min"] = sorted(d["load_before"][0] for d in picked)
+            summary[key]["seconds_per_decision"] = sorted(d["seconds"] for d in picked)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--aa", type=int, default=7, help="A/A decisions per scenario and condition")
+    parser.add_argument("--planted", type=int, default=20, help="planted decisions per condition")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--conditions", default="quiet,hog", help="quiet, hog or both")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "studies")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    target = args.out / f"ab-reliability-{stamp}.json"
+    decisions: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="mlsuite-study-") as tmp:
+        clone = scratch_clone(Path(tmp))
+        config = Path(tmp, "fast.toml")
+        config.write_text(FAST_BUDGET)
+        for condition in args.conditions.split(","):
+            hog = condition == "hog"
+            plan = [("aa", s, w) for _ in range(args.aa) for s, w in SCENARIOS.items()]
+            plan += [("planted", "training.baseline", SCENARIOS["training.baseline"])] * args.planted
+            for kind, only, where in plan:
+                base = "HEAD" if kind == "aa" else "HEAD~1"
+                with cpu_hog(hog, 900):
+                    found = decide(clone, base, "HEAD", only, where, args.rounds, config, Path(tmp, "ab"))
+                decisions.append({"kind": kind, "hog": hog, **found})
+                target.write_text(json.dumps({
+                    "host": {"cpu": open("/proc/cpuinfo").read().count("processor"), "uname": os.uname().release},
+                    "rounds": args.rounds, "budget": FAST_BUDGET, "planted": "10% more CPU work in train_step",
+                    "summary": summarize(decisions), "decisions": decisions}, indent=1) + "\n")
+                print(f"{kind:8} hog={hog} {only:20} exit {found['exit']} in {found['seconds']}s "
+                      f"load {found['load_before'][0]}", flush=True)
+    print(target)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
