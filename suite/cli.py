@@ -60,7 +60,11 @@ def build_parser() -> Parser:
     p = sub.add_parser("run", help="run scenarios, appending records to a results file")
     _selection(p)
     p.add_argument("--out", type=Path, default=Path("results"))
-    p.add_argument("--resume", action="store_true", help="continue the newest file of this machine and profile")
+    p.add_argument("--resume", action="store_true", help="continue the newest file of this machine and profile "
+                   "(refused while another run writes it)")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="with --resume: run the error records again; each new record replaces its error record "
+                        "(the old lines are kept in <file>.replaced)")
     p.add_argument("--track", default=None, metavar="TOOL",
                    help="also log every record, as it is written, to this tracker (mlflow, tensorboard, wandb)")
     p.add_argument("--track-dir", type=Path, default=None, help="the tracker's store (default: <out>/tracking/<tool>)")
@@ -205,7 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     console.print(f"[yellow]warning:[/] --track {args.track} failed: {type(exc).__name__}: {exc}")
 
         path = run(args.only, args.profile, budget, args.out, where=where, resume=args.resume,
-                   packages=args.packages, on_start=on_start, on_record=on_record,
+                   retry_errors=args.retry_errors, packages=args.packages, on_start=on_start, on_record=on_record,
                    on_warning=lambda text: console.print(f"[yellow]warning:[/] {text}", highlight=False))
     summarize_run(console, written)
     print(path)

@@ -12,23 +12,25 @@ so an interrupted session resumes without redoing it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import suite
-from suite import host, registry, stats
+from reference.lifeline import Lifeline
+from suite import host, leftovers, registry, stats
 from suite.environment import fingerprint, git_state
 from suite.errors import SuiteError
 from suite.profiles import Budget
@@ -44,6 +46,8 @@ from suite.schema import (
     append_record,
     config_hash,
     load_records,
+    parse_record,
+    read_text,
 )
 
 STDERR_TAIL = 1500
@@ -106,16 +110,18 @@ def _tail(path: Path) -> str:
 def run_worker(header: RunHeader, cls: type[registry.Scenario], params: dict[str, Any], *,
                replicate: int, conformance: bool, artifacts: Path | None) -> dict[str, Any]:
     """One worker process in a session of its own (so a timeout kills its whole tree:
-    torchrun ranks, servers), pinned to the CPUs chosen for it. Returns its outcome:
-    status, reason, metrics, checks, provenance, host state and duration."""
+    torchrun ranks, servers), pinned to the CPUs chosen for it. It dies with this process,
+    however this process dies (a parent-death signal, and a lifeline watcher for its
+    group), and what it left in the temp dir is removed when it ends. Returns its
+    outcome: status, reason, metrics, checks, provenance, host state and duration."""
     cpus = host.choose_cpus(header.budget.threads)
-    with tempfile.TemporaryDirectory(prefix="mlsuite-job-") as tmp:
+    with leftovers.job_folder() as tmp:
         job, result, log = Path(tmp, "job.json"), Path(tmp, "result.json"), Path(tmp, "log.txt")
         job.write_text(json.dumps({
             "scenario": cls.id, "params": params, "profile": header.profile,
             "budget": header.budget.model_dump(), "module": cls.__module__,
             "artifacts": str(artifacts) if artifacts else None, "cpus": cpus,
-            "replicate": replicate, "conformance": conformance,
+            "replicate": replicate, "conformance": conformance, "runner_pid": os.getpid(),
         }))
         start = time.perf_counter()
 
@@ -128,6 +134,7 @@ def run_worker(header: RunHeader, cls: type[registry.Scenario], params: dict[str
                 stdout=log_handle, stderr=subprocess.STDOUT, start_new_session=True,
                 env=_thread_environment(len(cpus), header.root), cwd=header.root,
             )
+            lifeline = Lifeline(process.pid)
             try:
                 code = process.wait(timeout=cls.timeout_s)
             except subprocess.TimeoutExpired:
@@ -138,6 +145,7 @@ def run_worker(header: RunHeader, cls: type[registry.Scenario], params: dict[str
                 raise
             finally:
                 _kill_group(process)  # reap anything the scenario left running
+                lifeline.cut()
         if not result.exists():
             return failed(f"worker exited with code {code} and no result: {_tail(log)}")
         outcome = json.loads(result.read_text())
@@ -177,8 +185,14 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
 
 
 def results_path(out_dir: Path, header: RunHeader) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    return out_dir / f"{stamp}-{header.env.machine_id[:8]}-{header.git.commit[:8]}-{header.profile}.jsonl"
+    """A new file's name: a session that started in the same second gets the next one."""
+    now = datetime.now(UTC)
+    for later in range(3600):
+        stamp = (now + timedelta(seconds=later)).strftime("%Y%m%dT%H%M%S")
+        path = out_dir / f"{stamp}-{header.env.machine_id[:8]}-{header.git.commit[:8]}-{header.profile}.jsonl"
+        if not any(p.exists() for p in (path, runs_path(path), path.with_suffix(".lock"))):
+            return path
+    raise SuiteError(f"{out_dir}: no free results file name for this second or the hour after it")
 
 
 def latest_results(out_dir: Path, machine_id: str, profile: str) -> Path | None:
@@ -251,20 +265,22 @@ def _keep_run(path: Path, job: Job, outcome: dict[str, Any]) -> None:
 
 def session(header: RunHeader, jobs: list[Job], path: Path, out_dir: Path, *,
             on_start: Callable[[str, int, int], None] | None = None,
-            on_record: Callable[[Record], None] | None = None) -> None:
-    """Run every job's runs round robin; write each record when its last run is in."""
+            on_record: Callable[[Record], None] | None = None,
+            replacing: frozenset[tuple[str, str]] = frozenset()) -> None:
+    """Run every job's runs round robin; write each record when its last run is in. The
+    record of a job in `replacing` (an `error` being retried) takes the old one's place."""
     side = runs_path(path)
     side.parent.mkdir(parents=True, exist_ok=True)
     kept = _load_runs(side)
-    for job in jobs:
-        job.outcomes = kept.get(job.key, [])[: job.replicates]
+    for job in jobs:  # a retried job's kept runs are the ones that made its error: start afresh
+        job.outcomes = [] if job.key in replacing else kept.get(job.key, [])[: job.replicates]
     total = sum(job.replicates for job in jobs)
     started = sum(len(job.outcomes) for job in jobs)
     for job in jobs:
         unmet = first_unmet(job.cls().requirements(job.params))
         if unmet is not None:
             job.outcomes = [{"status": Status.skipped.value, "reason": unmet, "duration_s": 0.0}]
-            _finish(header, job, path, on_record)
+            _finish(header, job, path, on_record, replacing)
     for job in round_robin(jobs):
         started += 1
         if on_start:
@@ -275,43 +291,209 @@ def session(header: RunHeader, jobs: list[Job], path: Path, out_dir: Path, *,
         job.outcomes.append(outcome)
         _keep_run(side, job, outcome)
         if job.finished:
-            _finish(header, job, path, on_record)
+            _finish(header, job, path, on_record, replacing)
     side.unlink(missing_ok=True)
 
 
-def _finish(header: RunHeader, job: Job, path: Path, on_record: Callable[[Record], None] | None) -> None:
+def _finish(header: RunHeader, job: Job, path: Path, on_record: Callable[[Record], None] | None,
+            replacing: frozenset[tuple[str, str]] = frozenset()) -> None:
     status, reason, merged, runs = merge_runs(job.outcomes)
     duration = sum(o["duration_s"] for o in job.outcomes)
     record = header.record(job.cls, job.params, status, reason, duration, merged, runs)
-    append_record(path, record)
+    if job.key in replacing:
+        replace_errors(path, record)
+    else:
+        append_record(path, record)
     if on_record:
         on_record(record)
 
 
+def _fsynced_append(path: Path, data: bytes) -> None:
+    with path.open("ab") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def replaced_path(results: Path) -> Path:
+    """Where records that a retry replaced are kept (never read as results)."""
+    return results.with_suffix(".replaced")
+
+
+def replace_errors(path: Path, record: Record) -> None:
+    """Put `record` in the place of the `error` record(s) of its key. The old lines go to
+    `<results>.replaced` first, then the file is replaced atomically (temp file, fsync,
+    rename): a crash at any point leaves either the old file or the new one, never less."""
+    lines = read_text(path).splitlines()
+
+    def is_old(line: str) -> bool:
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError:
+            return False
+        return isinstance(raw, dict) and raw.get("status") == Status.error.value and (
+            raw.get("scenario"), raw.get("config_hash")) == record.key
+
+    old = [line for line in lines if is_old(line)]
+    if not old:
+        append_record(path, record)
+        return
+    _fsynced_append(replaced_path(path), "".join(f"{line}\n" for line in old).encode())
+    new, placed = [], False
+    for line in lines:
+        if not is_old(line):
+            new.append(line)
+        elif not placed:
+            new.append(record.model_dump_json())
+            placed = True
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in new))
+    with tmp.open("rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def recover_cut_line(path: Path, whole: Callable[[bytes], bool]) -> bytes | None:
+    """A last line a crash cut off (the file does not end in a newline) is moved to
+    `<file>.partial`, and the file cut back to its last complete line, so that the next
+    append starts on a line of its own. A last line that is whole (only its newline was
+    lost) stays. Returns the bytes moved, if any."""
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return None
+    start = data.rfind(b"\n") + 1
+    tail = data[start:]
+    if whole(tail):
+        _fsynced_append(path, b"\n")
+        return None
+    _fsynced_append(path.with_name(path.name + ".partial"), tail + b"\n")
+    with path.open("r+b") as handle:
+        handle.truncate(start)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return tail
+
+
+def _whole_record(line: bytes) -> bool:
+    try:
+        parse_record(line.decode("utf-8"), "cut line")
+    except (SuiteError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def _whole_run(line: bytes) -> bool:
+    try:
+        entry = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(entry, dict) and {"scenario", "config_hash", "outcome"} <= entry.keys()
+
+
+LOCK_GRACE_S = 2.0  # how long a session waits for a lock before refusing (covers a stale lock's removal)
+
+
+def _take_lock(lock: Path) -> TextIO | None:
+    """The lock file, opened and flock-ed by this process, or None if another holds it."""
+    while True:
+        handle = lock.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        try:
+            if os.fstat(handle.fileno()).st_ino == lock.stat().st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()  # its holder removed it while we opened it: lock the one there now
+
+
+@contextmanager
+def exclusive(results: Path) -> Iterator[None]:
+    """Hold `<results>.lock` (flock) for a whole session: a second session on the same
+    file (two `--resume`s at once, say) is refused with one line instead of writing the
+    same records twice. The kernel drops the lock when its holder dies, however it dies."""
+    lock = results.with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + LOCK_GRACE_S
+    while (handle := _take_lock(lock)) is None:
+        if time.monotonic() > deadline:
+            holder = lock.read_text(errors="replace").strip() if lock.exists() else ""
+            raise SuiteError(f"{results} is being written by another mlsuite run (pid {holder or 'unknown'}); "
+                             f"wait for it to end, or pass another --out")
+        time.sleep(0.1)
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()
+
+
+def remove_stale_locks(out_dir: Path, machine_id: str) -> None:
+    """Lock files of sessions that were killed (nobody holds them) are removed."""
+    for lock in out_dir.glob(f"*-{machine_id[:8]}-*.lock"):
+        handle = _take_lock(lock)
+        if handle is not None:
+            lock.unlink(missing_ok=True)
+            handle.close()
+
+
+def _existing_records(path: Path, on_warning: Callable[[str], None] | None) -> list[Record]:
+    """The records a resumed file holds, after moving a line cut by a crash aside."""
+    for file, whole in ((path, _whole_record), (runs_path(path), _whole_run)):
+        cut = recover_cut_line(file, whole)
+        if cut is not None and on_warning:
+            on_warning(f"{file}: its last line was cut off by a crash; moved to "
+                       f"{file.name}.partial ({len(cut)} bytes); that work is redone")
+    if not path.exists() or not read_text(path).strip():
+        return []
+    return load_records(path)
+
+
 def run(pattern: str, profile: str, budget: Budget, out_dir: Path, *, where: dict[str, str] | None = None,
-        resume: bool = False,
+        resume: bool = False, retry_errors: bool = False,
         packages: tuple[str, ...] = registry.DEFAULT_PACKAGES,
         on_start: Callable[[str, int, int], None] | None = None,
         on_record: Callable[[Record], None] | None = None,
         on_warning: Callable[[str], None] | None = None) -> Path:
-    """Run every selected (scenario, params); returns the results file written."""
+    """Run every selected (scenario, params); returns the results file written. With
+    `resume`, continue the newest results file of this machine and profile (with
+    `retry_errors`, its `error` records are run again and replaced)."""
+    if retry_errors and not resume:
+        raise SuiteError("--retry-errors re-runs the error records of an earlier run: use it with --resume")
     for module, error in registry.discover(packages).items():
         if on_warning:
             on_warning(f"scenario module {module} failed to import: {error}")
     selected = list(registry.select(pattern, profile, where))
     if not selected:
         raise SuiteError(f"no scenario matching {pattern!r} with {where or {}} takes part in profile {profile!r}")
+    swept = leftovers.sweep()
+    if swept and on_warning:
+        on_warning(f"removed {len(swept)} temporary path(s) left by a killed run: "
+                   f"{', '.join(map(str, swept[:3]))}{' ...' if len(swept) > 3 else ''}")
     env = fingerprint(budget.seed)
     header = RunHeader(run_id=uuid.uuid4().hex[:12], profile=profile, git=git_state(REPO_ROOT),
                        env=env, budget=budget)
-    done: set[tuple[str, str]] = set()
-    path = latest_results(out_dir, env.machine_id, profile) if resume else None
-    if path is not None and path.exists():
-        existing = load_records(path)
-        header.run_id = existing[0].run_id
-        done = {r.key for r in existing}
-    elif path is None:
-        path = results_path(out_dir, header)
-    jobs = [job for job in plan(selected, budget) if job.key not in done]
-    session(header, jobs, path, out_dir, on_start=on_start, on_record=on_record)
+    remove_stale_locks(out_dir, env.machine_id)
+    path = (latest_results(out_dir, env.machine_id, profile) if resume else None) or results_path(out_dir, header)
+    with exclusive(path):
+        existing = _existing_records(path, on_warning)
+        if existing:
+            header.run_id = existing[0].run_id
+        retried = frozenset(r.key for r in existing if r.status is Status.error) if retry_errors else frozenset()
+        done = {r.key for r in existing} - retried
+        jobs = [job for job in plan(selected, budget) if job.key not in done]
+        session(header, jobs, path, out_dir, on_start=on_start, on_record=on_record, replacing=retried)
     return path

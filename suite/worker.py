@@ -15,7 +15,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from suite import checks, host, registry
+from reference.lifeline import die_with_parent
+from suite import checks, host, leftovers, registry
 from suite.context import RunContext
 from suite.profiles import Budget
 from suite.schema import Check, Metric, Status
@@ -107,9 +108,22 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def tie_to_runner(runner_pid: int | None) -> None:
+    """Die with the runner, however it dies (a `kill -9` of its group included): the kernel
+    sends SIGKILL (Linux parent-death signal). If the runner is already gone, stop now."""
+    if runner_pid is None:
+        return
+    die_with_parent()
+    if os.getppid() != runner_pid:
+        sys.exit("mlsuite worker: the runner exited before the worker started")
+
+
 def main(argv: list[str]) -> int:
     job_path, result_path = Path(argv[0]), Path(argv[1])
-    result = run_job(json.loads(job_path.read_text()))
+    job = json.loads(job_path.read_text())
+    tie_to_runner(job.get("runner_pid"))
+    leftovers.note_temporary_paths(job_path.parent / leftovers.LEDGER)
+    result = run_job(job)
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, default=str))
     tmp.replace(result_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from suite import registry
 from suite.profiles import PROFILES
 from suite.runner import run
 from suite.schema import Status, load_records
+from tests.planted.faults.watch import processes_with
 
 PLANTED = ("tests.planted",)
 FAST = PROFILES["quick"].model_copy(update={"warmup_s": 0.0, "max_time_s": 0.05, "min_samples": 10, "replicates": 2})
@@ -167,3 +169,165 @@ def test_sigterm_stops_the_run_and_kills_the_worker(tmp_path: Path) -> None:
     assert process.returncode == 130 and "interrupted" in stderr
     for pid in workers:
         assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+
+
+NO_TORCH = Path(__file__).parent / "planted" / "no_torch"
+
+
+@pytest.fixture
+def light_workers(monkeypatch: pytest.MonkeyPatch, empty_registry: None) -> None:
+    """Workers that skip importing torch (these tests are about processes and files)."""
+    monkeypatch.setenv("PYTHONPATH", str(NO_TORCH))
+
+
+def keys_of(path: Path) -> list[tuple[str, str]]:
+    return [r.key for r in load_records(path)]
+
+
+def test_a_cut_off_last_record_moves_to_partial_and_resume_completes(tmp_path: Path, light_workers: None) -> None:
+    path = run("faults.steps", "quick", FAST, tmp_path, packages=PLANTED)
+    whole = path.read_bytes()
+    first_end = whole.index(b"\n") + 1
+    path.write_bytes(whole[: first_end + 40])  # the second record cut 40 bytes in
+    warnings: list[str] = []
+    resumed = run("faults.steps", "quick", FAST, tmp_path, resume=True, packages=PLANTED, on_warning=warnings.append)
+    assert resumed == path
+    assert path.with_name(path.name + ".partial").read_bytes() == whole[first_end: first_end + 40] + b"\n"
+    records = load_records(path)
+    assert sorted(r.params["n"] for r in records) == [1, 2]
+    assert path.read_bytes().startswith(whole[:first_end])  # the complete record kept as it was
+    assert any("cut off" in w and ".partial" in w for w in warnings)
+
+
+def test_a_last_record_that_only_lost_its_newline_is_kept(tmp_path: Path, light_workers: None) -> None:
+    path = run("faults.steps", "quick", FAST, tmp_path, packages=PLANTED)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-1])
+    started: list[str] = []
+    run("faults.steps", "quick", FAST, tmp_path, resume=True, packages=PLANTED,
+        on_start=lambda label, i, n: started.append(label))
+    assert started == [] and path.read_bytes() == whole
+    assert not path.with_name(path.name + ".partial").exists()
+
+
+def test_a_second_session_on_a_locked_file_is_refused_in_one_line(tmp_path: Path, light_workers: None) -> None:
+    from suite.errors import SuiteError
+    from suite.runner import exclusive
+
+    path = run("faults.steps", "quick", FAST, tmp_path, packages=PLANTED)
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    with exclusive(path), pytest.raises(SuiteError) as refused:
+        run("faults.steps", "quick", FAST, tmp_path, resume=True, packages=PLANTED)
+    message = str(refused.value)
+    assert "being written by another mlsuite run" in message and f"pid {os.getpid()}" in message
+    assert "\n" not in message and len(load_records(path)) == 1
+    assert not path.with_suffix(".lock").exists()  # the holder removes it on leaving
+
+
+def test_a_lock_left_by_a_killed_session_does_not_block(tmp_path: Path, light_workers: None) -> None:
+    path = run("faults.steps", "quick", FAST, tmp_path, packages=PLANTED)
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    path.with_suffix(".lock").write_text("999999\n")  # nobody holds it: its session was killed
+    run("faults.steps", "quick", FAST, tmp_path, resume=True, packages=PLANTED)
+    assert len(load_records(path)) == 2 and not path.with_suffix(".lock").exists()
+
+
+def test_retry_errors_replaces_the_error_record_and_keeps_the_old_one(
+        tmp_path: Path, light_workers: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLSUITE_FAULTS_FAIL", "1")
+    path = run("faults.[fs][lt]*", "quick", FAST, tmp_path, packages=PLANTED)
+    before = load_records(path)
+    error = next(r for r in before if r.scenario == "faults.flaky")
+    assert error.status is Status.error
+    monkeypatch.delenv("MLSUITE_FAULTS_FAIL")
+    started: list[str] = []
+    run("faults.[fs][lt]*", "quick", FAST, tmp_path, resume=True, packages=PLANTED,
+        on_start=lambda label, i, n: started.append(label))
+    assert started == [] and len(load_records(path)) == 3  # without --retry-errors an error stays
+    run("faults.[fs][lt]*", "quick", FAST, tmp_path, resume=True, retry_errors=True, packages=PLANTED)
+    after = load_records(path)
+    assert len(after) == 3 and len(set(keys_of(path))) == 3
+    flaky = next(r for r in after if r.scenario == "faults.flaky")
+    assert flaky.status is Status.ok and flaky.metric("answer") is not None
+    assert [r.model_dump_json() for r in after if r.scenario != "faults.flaky"] == [
+        r.model_dump_json() for r in before if r.scenario != "faults.flaky"]
+    replaced = path.with_suffix(".replaced").read_text().splitlines()
+    assert replaced == [error.model_dump_json()]
+
+
+def test_retry_errors_needs_resume(tmp_path: Path, light_workers: None) -> None:
+    from suite.errors import SuiteError
+
+    with pytest.raises(SuiteError, match="use it with --resume"):
+        run("faults.steps", "quick", FAST, tmp_path, retry_errors=True, packages=PLANTED)
+
+
+def test_resume_with_several_results_files_continues_only_the_newest(tmp_path: Path, light_workers: None) -> None:
+    older = run("faults.steps", "quick", FAST, tmp_path, packages=PLANTED)
+    newer = run("faults.steps", "quick", FAST, tmp_path, packages=PLANTED)
+    assert newer != older and newer.name > older.name
+    older_text = older.read_text()
+    older.write_text(older_text.splitlines()[0] + "\n")  # both interrupted; only the newest is continued
+    older_cut = older.read_text()
+    newer.write_text(newer.read_text().splitlines()[0] + "\n")
+    resumed = run("faults.steps", "quick", FAST, tmp_path, resume=True, packages=PLANTED)
+    assert resumed == newer and older.read_text() == older_cut
+    assert sorted(r.params["n"] for r in load_records(newer)) == [1, 2]
+    assert len({r.run_id for r in load_records(newer)}) == 1
+
+
+def test_a_killed_worker_is_an_error_and_its_server_and_temp_folder_go(tmp_path: Path, light_workers: None,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+    import tempfile
+    import threading
+    import time
+
+    marker = str(tmp_path / "tmp")
+    Path(marker).mkdir()
+    monkeypatch.setenv("TMPDIR", marker)  # every process of this test carries it in its environment
+    monkeypatch.setattr(tempfile, "tempdir", None)  # and this process reads it again
+
+    def kill_the_worker_once_it_serves() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            processes = processes_with(marker)
+            if any("http.server" in command for command in processes.values()):
+                for pid, command in processes.items():
+                    if "suite.worker" in command:
+                        os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_the_worker_once_it_serves)
+    killer.start()
+    path = run("faults.server", "quick", FAST.model_copy(update={"replicates": 1}), tmp_path / "out",
+               packages=PLANTED)
+    killer.join()
+    record = load_records(path)[0]
+    assert record.status is Status.error and "exited with code -9" in record.reason
+    deadline = time.monotonic() + 10
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_with(marker) == {}  # the server, its group's `sleep` and the worker's child
+    assert list(Path(marker).iterdir()) == []
+
+
+def test_the_sweep_removes_only_what_dead_runners_left(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from suite import leftovers
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine = tmp_path / f"{leftovers.JOB_PREFIX}{os.getpid()}-live"
+    theirs = tmp_path / f"{leftovers.JOB_PREFIX}{dead.pid}-dead"
+    noted, outside, other = tmp_path / "mlsuite-serving-x", tmp_path / "deeper" / "y", tmp_path / "not-noted"
+    for folder in (mine, theirs, noted, outside, other):
+        folder.mkdir(parents=True)
+    (theirs / leftovers.LEDGER).write_text(f"{noted}\n{outside}\n")
+    (mine / leftovers.LEDGER).write_text(f"{other}\n")
+    removed = leftovers.sweep(tmp_path)
+    assert sorted(removed) == sorted([noted, theirs])
+    assert mine.exists() and other.exists() and outside.exists() and not noted.exists()

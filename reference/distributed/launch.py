@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from reference.lifeline import Lifeline, preexec
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -86,10 +88,12 @@ def deepspeed_environment(nproc: int, device: str) -> dict[str, str]:
 def run_command(command: Sequence[str], timeout_s: float, env: dict[str, str] | None = None,
                 capture: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a launcher in a session of its own; on timeout kill the whole group, so no rank
-    outlives it. Raises CalledProcessError (with the output, when captured) if it fails."""
+    outlives it, nor outlives this process if it is killed (`reference.lifeline`). Raises
+    CalledProcessError (with the output, when captured) if it fails."""
     stream = subprocess.PIPE if capture else None
     process = subprocess.Popen(list(command), stdout=stream, stderr=subprocess.STDOUT if capture else None,
-                               text=True, start_new_session=True, env=env)
+                               text=True, start_new_session=True, env=env, preexec_fn=preexec())
+    lifeline = Lifeline(process.pid)
     try:
         output, _ = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -99,6 +103,8 @@ def run_command(command: Sequence[str], timeout_s: float, env: dict[str, str] | 
     except BaseException:
         kill_group(process)
         raise
+    finally:
+        lifeline.cut()  # the ranks that outlived torchrun, if any, go now
     if process.returncode != 0:
         raise subprocess.CalledProcessError(process.returncode, command, output=output)
     return subprocess.CompletedProcess(command, 0, stdout=output)

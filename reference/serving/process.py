@@ -1,9 +1,10 @@
 """A server process the caller owns: started in a session (process group) of its own,
 polled until ready within a time bound, and stopped by signalling the whole group, so
 workers it spawned (TorchServe's Java frontend and Python workers, Triton's backend stubs)
-go with it. Servers still running when the interpreter exits are killed then, and a small
-reaper process kills the group if the owner dies without exiting (SIGKILL, a runner's
-timeout), since the owner's own process group no longer contains the server."""
+go with it. Servers still running when the interpreter exits are killed then; if the owner
+dies without exiting (SIGKILL, a runner's timeout), the server gets the kernel's parent-death
+signal and a lifeline watcher kills its group (`reference.lifeline`), since the owner's own
+process group no longer contains the server."""
 
 from __future__ import annotations
 
@@ -13,33 +14,16 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from reference.lifeline import Lifeline, preexec
+
 LOG_TAIL = 2000
 _LIVE: set[ManagedServer] = set()
-REAPER = """
-import os, signal, sys, time
-owner, group = int(sys.argv[1]), int(sys.argv[2])
-while True:
-    time.sleep(0.5)
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        sys.exit(0)  # the server is gone: stopped by its owner
-    try:
-        os.kill(owner, 0)
-    except ProcessLookupError:
-        break  # the owner died without stopping it
-try:
-    os.killpg(group, signal.SIGKILL)
-except ProcessLookupError:
-    pass
-"""
 
 
 class ServerFailed(RuntimeError):
@@ -65,8 +49,7 @@ def http_ok(url: str, headers: Mapping[str, str] | None = None, timeout_s: float
 class ManagedServer:
     def __init__(self, name: str, command: Sequence[str], log_path: Path, ready: Callable[[], bool],
                  env: Mapping[str, str] | None = None, cwd: Path | None = None,
-                 stop_signal: int = signal.SIGTERM, fatal_log_lines: Sequence[str] = (),
-                 cpus: set[int] | None = None) -> None:
+                 stop_signal: int = signal.SIGTERM, fatal_log_lines: Sequence[str] = ()) -> None:
         self.name = name
         self.command = list(command)
         self.log_path = log_path
@@ -75,8 +58,8 @@ class ManagedServer:
         self.cwd = cwd
         self.stop_signal = stop_signal
         self.fatal_log_lines = tuple(fatal_log_lines)  # log text meaning it will never become ready
-        self.cpus = cpus  # the server and every process it starts run on these CPUs (None: anywhere)
         self.process: subprocess.Popen[bytes] | None = None
+        self.lifeline: Lifeline | None = None
         self.exit_code: int | None = None
 
     def start(self, timeout_s: float = 60.0) -> float:
@@ -84,13 +67,9 @@ class ManagedServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             started = time.perf_counter()
-            cpus = self.cpus
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                            cwd=self.cwd, start_new_session=True,
-                                            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
-        subprocess.Popen([sys.executable, "-c", REAPER, str(os.getpid()), str(self.process.pid)],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
+                                            cwd=self.cwd, start_new_session=True, preexec_fn=preexec())
+        self.lifeline = Lifeline(self.process.pid)
         _LIVE.add(self)
         polls = 0
         while time.perf_counter() - started < timeout_s:
@@ -125,6 +104,8 @@ class ManagedServer:
                 pass
         self._signal_group(signal.SIGKILL)  # whatever the group left behind
         self.exit_code = self.process.wait()
+        if self.lifeline is not None:
+            self.lifeline.cut()
         _LIVE.discard(self)
         return self.exit_code
 

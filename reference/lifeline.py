@@ -1,0 +1,81 @@
+"""Processes that die with the process that started them, however it dies.
+
+A server or launcher started in a session of its own (so that stopping it can signal its
+whole process group) is out of reach of whoever kills its owner's group, and a SIGKILL
+runs no cleanup. Two mechanisms close that gap without any code running in the owner:
+
+- `die_with_parent` (a `preexec_fn`): the kernel sends the child SIGKILL when the thread
+  that forked it exits (Linux `PR_SET_PDEATHSIG`);
+- `Lifeline`: a tiny watcher process holds the read end of a pipe whose only write end
+  is the owner's; when the owner dies the kernel closes it, the watcher reads EOF and
+  kills the whole group (Java workers, Triton stubs, torchrun ranks included).
+
+Standard library only, so a user can copy it along with the module that needs it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+
+PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+WATCHER = """
+import os, signal, sys
+fd, group = int(sys.argv[1]), int(sys.argv[2])
+while os.read(fd, 64):
+    pass
+try:
+    os.killpg(group, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+"""
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent thread exits. For use as a
+    `preexec_fn` (cheap: one system call) or at the start of a child's own main()."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def preexec(then: Callable[[], None] | None = None) -> Callable[[], None] | None:
+    """A `preexec_fn` that ties the child to this process (and runs `then`, if given).
+    Only from the main thread: the death signal follows the forking *thread*, so a child
+    started from a worker thread would die when that thread ends."""
+    if threading.current_thread() is not threading.main_thread():
+        return then
+
+    def prepare() -> None:
+        die_with_parent()
+        if then is not None:
+            then()
+
+    return prepare
+
+
+class Lifeline:
+    """Kill process group `group` (a child started with `start_new_session=True`: its
+    pid) when this process dies. `cut()` after stopping the group lets the watcher go."""
+
+    def __init__(self, group: int) -> None:
+        read, self._write = os.pipe()  # both ends close-on-exec: no other child inherits them
+        try:
+            self.watcher = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", WATCHER, str(read), str(group)], pass_fds=(read,),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True)
+        finally:
+            os.close(read)
+
+    def cut(self) -> None:
+        """Close this end: the watcher kills whatever is left of the group and exits."""
+        if self._write >= 0:
+            os.close(self._write)
+            self._write = -1
+            self.watcher.wait()
