@@ -71,6 +71,21 @@ def gate(session: nox.Session) -> None:
     session.run("mlsuite", "gate", "--baseline", str(newest[0]), "--current", str(newest[1]))
 
 
+@nox.session(name="study-ab")
+def study_ab(session: nox.Session) -> None:
+    """How often `mlsuite ab` says regressed for HEAD vs HEAD and for a planted 10% slowdown,
+    without and with a bounded CPU hog -> results/studies/. `nox -s study-ab -- --aa 7 --planted 20`."""
+    install(session, "training,optimize,monitoring")
+    session.run("python", "-m", "suite.study", *session.posargs)
+
+
+@nox.session
+def calibrate(session: nox.Session) -> None:
+    """This machine's A/A noise floors -> results/calibration/. `nox -s calibrate -- --only 'training.*'`."""
+    install(session, "all")
+    session.run("mlsuite", "calibrate", *(session.posargs or ["--only", "training.*"]))
+
+
 @nox.session
 def report(session: nox.Session) -> None:
     """Regenerate results/README.md, results/index.html and results/schema.json."""

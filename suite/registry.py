@@ -107,7 +107,10 @@ def scenario(
         cls.profiles = profiles
         cls.requires = requires
         cls.timeout_s = timeout_s
-        cls.max_replicates = max_replicates
+        # A family whose every run is a long multi-process job may cap its runs once, in
+        # its scenarios module (MAX_REPLICATES), instead of on every scenario.
+        family_cap = getattr(sys.modules.get(cls.__module__), "MAX_REPLICATES", None)
+        cls.max_replicates = max_replicates if max_replicates is not None else family_cap
         _REGISTRY[scenario_id] = cls
         return cls
 

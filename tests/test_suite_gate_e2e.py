@@ -1,11 +1,11 @@
-"""End to end: the same code measured twice passes the gate; a copy of the code with a
-planted 20% slowdown in the training step fails it."""
+"""End to end, as users gate a pull request: `mlsuite ab` of HEAD against itself is never
+"regressed", and against a commit whose timed training step does 10% more work it never
+says "pass" (on a quiet host it says "regressed"; when the noise hides 10% it must say
+"inconclusive"). The rates over many decisions are measured by `nox -s study-ab` and
+recorded under results/studies/, not asserted here: they depend on the host's load."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,49 +13,20 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-REPO = Path(__file__).resolve().parent.parent
-SELECT = ("--only", "training.baseline", "--where", "model=transformer", "--profile", "quick")
-SLOWDOWN = '''
+from suite.study import FAST_BUDGET, decide, scratch_clone  # noqa: E402
 
-_measured_train_step = train_step
-
-
-def train_step(*args, **kwargs):  # planted by the test: 20% slower, same result
-    start = time.perf_counter()
-    result = _measured_train_step(*args, **kwargs)
-    deadline = time.perf_counter() + 0.2 * (time.perf_counter() - start)
-    while time.perf_counter() < deadline:
-        pass
-    return result
-'''
-
-
-def run_suite(code: Path, out: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "suite", "run", *SELECT, "--out", str(out)], cwd=code,
-                   check=True, capture_output=True, timeout=600)
-    (path,) = out.glob("*.jsonl")
-    return path
-
-
-def gate(baseline: Path, current: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "suite", "gate", "--baseline", str(baseline),
-                           "--current", str(current)], cwd=REPO, capture_output=True, text=True, timeout=300)
+SELECT = ("training.baseline", ["model=mlp"])
 
 
 @pytest.mark.slow
-def test_a_a_passes_and_a_planted_slowdown_fails(tmp_path: Path) -> None:
-    slow_code = tmp_path / "slow-code"
-    for folder in ("suite", "reference"):
-        shutil.copytree(REPO / folder, slow_code / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    loop = slow_code / "reference" / "training" / "loop.py"
-    loop.write_text(loop.read_text().replace("import torch\n", "import time\n\nimport torch\n", 1) + SLOWDOWN)
-
-    first = run_suite(REPO, tmp_path / "a")
-    second = run_suite(REPO, tmp_path / "b")
-    slowed = run_suite(slow_code, tmp_path / "slow")
-
-    same = gate(first, second)
-    assert same.returncode == 0, same.stdout
-    planted = gate(first, slowed)
-    assert planted.returncode == 1, planted.stdout
-    assert "GATE FAIL" in planted.stdout and "step_time" in planted.stdout
+def test_ab_never_cries_wolf_and_never_passes_a_planted_slowdown(tmp_path: Path) -> None:
+    clone = scratch_clone(tmp_path)
+    config = tmp_path / "fast.toml"
+    config.write_text(FAST_BUDGET)
+    same = decide(clone, "HEAD", "HEAD", *SELECT, rounds=3, config=config, out=tmp_path / "ab")
+    assert same["exit"] in (0, 3), same
+    assert "regressed" not in same["verdicts"].values(), same
+    planted = decide(clone, "HEAD~1", "HEAD", *SELECT, rounds=3, config=config, out=tmp_path / "ab")
+    assert planted["exit"] in (1, 3), planted
+    assert planted["verdicts"]["step_time.value"] in ("regressed", "inconclusive"), planted
+    assert planted["verdicts"]["cpu_time.value"] in ("regressed", "inconclusive"), planted

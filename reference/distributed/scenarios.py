@@ -30,6 +30,10 @@ from suite.registry import Scenario, scenario
 from suite.requirements import Cuda, Package, Processes, Requirement
 from suite.schema import Check, Metric
 
+# Two process runs per record: each run launches torchrun jobs (seconds of start-up), so the
+# between-run spread is measured, but not at the quick profile's three runs.
+MAX_REPLICATES = 2
+
 TORCH = Package("torch")
 DEEPSPEED = Package("deepspeed")
 STEP_CHUNK = 4  # timed steps per request to the ranks (their samples come back one per step)

@@ -27,6 +27,10 @@ from suite.registry import Scenario, Skip, scenario
 from suite.requirements import Binary, Package, Requirement
 from suite.schema import Check, Metric
 
+# One process run per record: every run starts real servers and measures several load windows
+# and rounds of its own; replicating the whole run would triple the profile's time for little.
+MAX_REPLICATES = 1
+
 MODEL = (Package("torch"), Package("scikit-learn", module="sklearn"), Package("numpy"))
 HTTP = (Package("fastapi"), Package("uvicorn"), Package("httpx"), Package("msgspec"),
         Package("hdrhistogram", module="hdrh"), Package("prometheus-client", module="prometheus_client"),

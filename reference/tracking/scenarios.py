@@ -14,6 +14,10 @@ from suite.registry import Scenario, scenario
 from suite.requirements import Package, Requirement
 from suite.schema import Check, Metric
 
+# One process run per record: the logging costs are timed over many steps inside one run,
+# and each run starts a tracker of its own.
+MAX_REPLICATES = 1
+
 TORCH = (Package("torch"), Package("scikit-learn", module="sklearn"), Package("matplotlib"), Package("psutil"))
 # Steps the killed child must have flushed first. W&B writes its log in 32 KiB blocks, so it
 # is given enough steps to fill some: with fewer, a crash loses the whole run.

@@ -22,6 +22,9 @@ from suite.registry import Scenario, scenario
 from suite.requirements import Cuda, Package, Processes, Requirement
 from suite.schema import Check, Metric
 
+# One process run per record: a run is a whole study of many trials, already repeated inside.
+MAX_REPLICATES = 1
+
 OPTUNA = (Package("optuna"), Package("torch"), Package("scikit-learn", module="sklearn"),
           Package("matplotlib"))
 RAY = (*OPTUNA, Package("ray"), Package("psutil"))
