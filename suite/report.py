@@ -1,85 +1,43 @@
 """Regenerates results/README.md and results/index.html from every results file present.
 
-One table per family and machine/profile: the newest record of each scenario × params,
-with status, metrics ± 95% CI, conformance verdict and the reason for anything not ok.
+The page answers a platform engineer's questions from the top of each section: one section
+per technique family (a summary table and a plot), then conformance failures, regression
+verdicts against the previous results of the same machine and profile, history across
+commits with change points, and the same scenario on several machines. Every record's full
+metrics follow, folded. results/ab/ and results/calibration/ feed the regression verdicts
+only; they are not listed as ordinary records.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 from collections import defaultdict
 from pathlib import Path
 
-from suite.schema import load_many
-from suite.schema import Metric, Record, Status, write_json_schema
+from suite.errors import SuiteError
+from suite.report_families import family_sections
+from suite.report_history import history
+from suite.report_model import Cell, Column, Section, Source, Table, anchor, by_group, latest, machine_label, relative
+from suite.report_render import html_page, markdown
+from suite.report_verdicts import conformance, machines, regressions
+from suite.schema import Record, load_records, read_text, write_json_schema
 
-STATUS_MARK = {Status.ok: "ok", Status.failed: "FAILED", Status.skipped: "skipped", Status.error: "ERROR"}
-
-
-def fmt(value: float) -> str:
-    if value == 0:
-        return "0"
-    magnitude = abs(value)
-    if magnitude >= 1e5 or magnitude < 1e-3:
-        return f"{value:.3g}"
-    return f"{value:.4g}"
+NOT_LISTED = ("ab", "calibration")  # sub-folders of results/ that feed verdicts, not the listing
+PLOTS = "plots"  # sub-folder of results/ with the markdown's SVG plots
 
 
-def describe_metric(metric: Metric) -> str:
-    text = f"{metric.name} {fmt(metric.value)} {metric.unit}"
-    if metric.n > 1 and (metric.ci_low, metric.ci_high) != (metric.value, metric.value):
-        text += f" [{fmt(metric.ci_low)}, {fmt(metric.ci_high)}]"
-    tails = [f"p{p.q:g} {fmt(p.value)}" + ("" if p.claimed else f" (n<{p.min_samples})")
-             for p in metric.percentiles if p.q in (90.0, 99.0)]
-    if tails and metric.unit == "s":
-        text += f" ({'; '.join(tails)})"
-    if metric.kind == "cold":
-        text += " (cold)"
-    if metric.calls_per_sample > 1:
-        text += f" (samples are means of {metric.calls_per_sample} calls)"
-    return text
-
-
-def describe_checks(record: Record) -> str:
-    if not record.checks:
-        return "-"
-    failed = [c.name for c in record.checks if not c.passed]
-    total = len(record.checks)
-    return f"pass {total}/{total}" if not failed else f"FAIL {len(failed)}/{total}: {', '.join(failed)}"
-
-
-def params_text(params: dict[str, object]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in params.items())
-
-
-def latest_per_key(records: list[Record]) -> dict[tuple[str, str], list[Record]]:
-    """Group by (machine, profile); keep the newest record of each scenario × params."""
-    groups: dict[tuple[str, str], dict[tuple[str, str], Record]] = defaultdict(dict)
-    for record in sorted(records, key=lambda r: r.time_utc):
-        groups[(record.env.machine_id, record.profile)][record.key] = record
-    return {group: sorted(by_key.values(), key=lambda r: (r.scenario, params_text(r.params)))
-            for group, by_key in sorted(groups.items())}
-
-
-def environment_lines(record: Record) -> list[str]:
-    env = record.env
-    gpu = f"{env.gpu_name} (driver {env.gpu_driver}, CUDA {env.cuda})" if env.gpu_name else "none"
-    return [
-        f"- machine `{env.machine_id}` ({env.hostname}): {env.cpu_model}, {env.cpu_cores} cores, "
-        f"{env.ram_bytes / 2**30:.1f} GiB RAM, GPU: {gpu}",
-        f"- python {env.python}, torch {env.packages.get('torch', 'absent')}, "
-        f"threads {env.threads}, seed {env.seed}",
-        f"- code: commit `{record.git.commit[:12]}`{' (dirty)' if record.git.dirty else ''}, "
-        f"mlsuite {record.suite_version}, run `{record.run_id}` at {record.time_utc}",
-    ]
+def ordinary_files(results_dir: Path) -> list[Path]:
+    """Every .jsonl results file under the folder except A/B and calibration runs."""
+    files = [f for f in sorted(results_dir.rglob("*.jsonl"))
+             if f.relative_to(results_dir).parts[0] not in NOT_LISTED]
+    if not files:
+        raise SuiteError(f"{results_dir}: no .jsonl results files in it")
+    return files
 
 
 def artifact_links(record: Record, results_dir: Path) -> list[tuple[str, str]]:
     """(name, path relative to the report) of each file the scenario wrote for the report."""
     links = []
-    for raw in record.provenance.get("artifacts", []):
+    for raw in record.provenance.get("artifacts", []) if isinstance(record.provenance.get("artifacts"), list) else []:
         path = Path(raw)
         try:
             links.append((path.name, path.resolve().relative_to(results_dir.resolve()).as_posix()))
@@ -88,84 +46,72 @@ def artifact_links(record: Record, results_dir: Path) -> list[tuple[str, str]]:
     return links
 
 
-def markdown(records: list[Record], results_dir: Path) -> str:
-    lines = ["# mlsuite results", "",
-             "Generated by `mlsuite report` from every results file under `results/`; do not edit.",
-             "Metrics: value [95% bootstrap CI]; a percentile marked (n<N) is not claimed: "
-             "fewer samples than MLPerf's floor.", ""]
-    for (machine, profile), rows in latest_per_key(records).items():
-        lines += [f"## machine `{machine}`, profile `{profile}`", "", *environment_lines(rows[-1]), ""]
-        lines += ["| scenario | params | status | metrics | conformance | reason |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        for r in rows:
-            metrics = "<br>".join(describe_metric(m) for m in r.metrics) or "-"
-            metrics += "".join(f"<br>[{name}]({link})" for name, link in artifact_links(r, results_dir))
-            reason = r.reason.replace("|", "\\|").replace("\n", " ")[:300]
-            lines.append(f"| `{r.scenario}` | {params_text(r.params)} | {STATUS_MARK[r.status]} | "
-                         f"{metrics} | {describe_checks(r)} | {reason} |")
-        lines.append("")
-    return "\n".join(lines)
+def load_with_sources(results_dir: Path) -> tuple[list[Record], dict[int, Source]]:
+    """Records of every ordinary file, each with the file and line it came from."""
+    records: list[Record] = []
+    sources: dict[int, Source] = {}
+    for path in ordinary_files(results_dir):
+        lines = [n for n, text in enumerate(read_text(path).splitlines(), start=1) if text.strip()]
+        for record, line in zip(load_records(path), lines):
+            records.append(record)
+            sources[id(record)] = Source(relative(path, results_dir), line, anchor(record),
+                                         tuple(artifact_links(record, results_dir)))
+    return records, sources
 
 
-def _plot(scenario: str, rows: list[Record]) -> str | None:
-    """A bar per params of the scenario's headline (first) metric, with its CI; base64 PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [(params_text(r.params), r.metrics[0]) for r in rows if r.metrics]
-    if not points:
-        return None
-    labels = [label for label, _ in points]
-    values = [m.value for _, m in points]
-    errors = [[m.value - m.ci_low for _, m in points], [m.ci_high - m.value for _, m in points]]
-    figure, axes = plt.subplots(figsize=(7, 0.45 * len(points) + 1.2))
-    axes.barh(labels, values, xerr=errors, capsize=3, color="#4878a8")
-    metric = points[0][1]
-    axes.set_xlabel(f"{metric.name} ({metric.unit}, {'higher' if metric.higher_is_better else 'lower'} is better)")
-    axes.set_title(scenario)
-    axes.tick_params(axis="y", labelsize=7)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
-    return base64.b64encode(buffer.getvalue()).decode()
+def sources_table(records: list[Record], sources: dict[int, Source]) -> Table:
+    table = Table([Column("machine"), Column("profile"), Column("files"), Column("commits (* dirty)"),
+                   Column("records", "count"), Column("oversubscribed records", "count", "lower is better"),
+                   Column("newest record", "UTC")])
+    for (_, profile), group in by_group(records).items():
+        files = sorted({sources[id(r)].file for r in group})
+        commits = sorted({f"{r.git.commit[:8]}{'*' if r.git.dirty else ''}" for r in group})
+        flagged = sum(r.oversubscribed for r in group)
+        table.rows.append([Cell(machine_label(group[0].env)), Cell(profile), Cell(", ".join(files)),
+                           Cell(", ".join(commits)), Cell(str(len(group)), float(len(group))),
+                           Cell(str(flagged), float(flagged), tone="bad" if flagged else ""),
+                           Cell(max(r.time_utc for r in group)[:19])])
+    return table
 
 
-def html_page(records: list[Record], results_dir: Path) -> str:
-    parts = ["<!doctype html><meta charset='utf-8'><title>mlsuite results</title>",
-             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:12px;vertical-align:top}"
-             ".FAILED,.ERROR{color:#b00}.skipped{color:#888}</style>",
-             "<h1>mlsuite results</h1><p>Generated by <code>mlsuite report</code>.</p>"]
-    for (machine, profile), rows in latest_per_key(records).items():
-        parts.append(f"<h2>machine {html.escape(machine)}, profile {html.escape(profile)}</h2><ul>")
-        parts += [f"<li>{html.escape(line[2:])}</li>" for line in environment_lines(rows[-1])]
-        parts.append("</ul><table><tr><th>scenario</th><th>params</th><th>status</th>"
-                     "<th>metrics</th><th>conformance</th><th>reason</th></tr>")
-        for r in rows:
-            mark = STATUS_MARK[r.status]
-            metrics = "<br>".join(html.escape(describe_metric(m)) for m in r.metrics) or "-"
-            metrics += "".join(f"<br><a href='{html.escape(link)}'>{html.escape(name)}</a>"
-                               for name, link in artifact_links(r, results_dir))
-            parts.append(f"<tr><td>{html.escape(r.scenario)}</td><td>{html.escape(params_text(r.params))}"
-                         f"</td><td class='{mark}'>{mark}</td><td>{metrics}</td>"
-                         f"<td>{html.escape(describe_checks(r))}</td><td>{html.escape(r.reason[:300])}</td></tr>")
-        parts.append("</table>")
-        by_scenario: dict[str, list[Record]] = defaultdict(list)
-        for r in rows:
-            by_scenario[r.scenario].append(r)
-        for scenario, scenario_rows in by_scenario.items():
-            if (image := _plot(scenario, scenario_rows)) is not None:
-                parts.append(f"<p><img alt='{html.escape(scenario)}' src='data:image/png;base64,{image}'></p>")
-    return "\n".join(parts)
+def build(records: list[Record], sources: dict[int, Source], results_dir: Path) -> list[Section]:
+    newest = latest(records)
+    return [*family_sections(newest), conformance(newest, sources), regressions(records, results_dir),
+            history(records), machines(newest)]
+
+
+def record_groups(records: list[Record], sources: dict[int, Source]) -> list[tuple[str, list[tuple[Record, Source]]]]:
+    grouped: dict[tuple[str, str], list[Record]] = defaultdict(list)
+    for record in records:
+        grouped[(machine_label(record.env), record.profile)].append(record)
+    return [(f"{machine}, profile {profile}", [(r, sources[id(r)]) for r in
+                                               sorted(rows, key=lambda r: (r.scenario, r.time_utc))])
+            for (machine, profile), rows in sorted(grouped.items())]
 
 
 def write_report(results_dir: Path) -> list[Path]:
-    records = load_many([results_dir])
+    from suite.report_plots import render_svg
+
+    records, sources = load_with_sources(results_dir)
+    sections = build(records, sources, results_dir)
+    plots = [s.plot for s in sections if s.plot is not None]
+    svgs = {plot.id: render_svg(plot) for plot in plots}
+    plot_dir = results_dir / PLOTS
+    plot_dir.mkdir(exist_ok=True)
+    for stale in plot_dir.glob("plot-*.svg"):
+        stale.unlink()
+    for plot_id, svg in svgs.items():
+        (plot_dir / f"{plot_id}.svg").write_text(svg + "\n")
+    intro = [f"Generated by `mlsuite report` from {len(records)} records in "
+             f"{len({s.file for s in sources.values()})} files under `results/` (A/B and calibration runs feed the "
+             f"regressions section only); do not edit.",
+             "Numbers: value [95% CI]. ⚠ marks a number to read with care: its CI is wider than ±10% of its value, "
+             "or it was measured while the host was oversubscribed. Arrows in headers: ↑ higher is better, "
+             "↓ lower is better. Family tables show the newest record of each machine, profile and configuration."]
     written = [results_dir / "README.md", results_dir / "index.html", results_dir / "schema.json"]
-    written[0].write_text(markdown(records, results_dir) + "\n")
-    written[1].write_text(html_page(records, results_dir) + "\n")
+    groups = record_groups(records, sources)
+    table = sources_table(records, sources)
+    written[0].write_text(markdown(intro, table, sections, {p: f"{PLOTS}/{p}.svg" for p in svgs}, groups))
+    written[1].write_text(html_page(intro, table, sections, svgs, groups))
     write_json_schema(written[2])
-    return written
+    return [*written, *(plot_dir / f"{p}.svg" for p in svgs)]

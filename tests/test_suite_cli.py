@@ -113,8 +113,8 @@ def test_report_writes_markdown_html_and_schema(tmp_path: Path) -> None:
     (tmp_path / "run.jsonl").write_text(FROZEN.read_text())
     assert main(["report", "--results", str(tmp_path)]) == 0
     readme = (tmp_path / "README.md").read_text()
-    assert "| `training.amp` |" in readme and "pass 4/4" in readme
-    assert "data:image/png;base64," in (tmp_path / "index.html").read_text()
+    assert "<details id=\"r-" in readme and "pass 4/4" in readme
+    assert "<figure class='plot' id='plot-training'><svg" in (tmp_path / "index.html").read_text()
     assert json.loads((tmp_path / "schema.json").read_text())["title"] == "Record"
 
 
