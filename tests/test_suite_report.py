@@ -113,7 +113,8 @@ def test_serving_throughput_under_the_slo_is_read_off_the_curve(sections: dict[s
 
 def test_tracking_cost_and_conformance_failures_come_from_the_records(sections: dict[str, Section]) -> None:
     records = raw_records()
-    costs = {raw_metric(r, "log_cost_in_train_steps")["value"] for r in records if r["scenario"].startswith("tracking.")}
+    costs = {raw_metric(r, "log_cost_in_train_steps")["value"] for r in records
+             if r["scenario"].startswith("tracking.")}
     assert {row[3].value for row in rows_of(sections["tracking"])} == costs
     failed = {(r["scenario"], c["name"]) for r in records for c in r["checks"] if not c["passed"]}
     newest_failed = {(row[1].text, row[4].text) for row in rows_of(sections["conformance"]) if row[0].text == "FAIL"}
