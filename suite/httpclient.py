@@ -1,9 +1,9 @@
 """A lean keep-alive HTTP/1.1 client on asyncio for the load generator.
 
 A general client (httpx, aiohttp) spends several times the CPU per request of the server it
-measures on a small model; this one writes a request prepared ahead of the run and parses
-only what it must of the response (status line, Content-Length or chunked encoding,
-`Connection: close`), so the server, not the client, sets the pace.
+measures on a small model; this one writes a request prepared ahead of the run, parses the
+response with httptools (C: status, Content-Length or chunked framing, keep-alive) and
+keeps one timer per request, so the server, not the client, sets the pace.
 """
 
 from __future__ import annotations
@@ -26,93 +26,68 @@ class RequestFailed(Exception):
 
 
 class _HttpConnection(asyncio.Protocol):
-    """One keep-alive connection with at most one request in flight."""
+    """One keep-alive connection with at most one request in flight; responses are parsed
+    by httptools (llhttp, the parser uvicorn uses), so framing costs C time only."""
 
     def __init__(self) -> None:
+        import httptools
+
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self.parser = httptools.HttpResponseParser(self)
+        self.parse_error = httptools.HttpParserError
+        self.body: list[bytes] = []
         self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
         self.reusable = True
-        self._head: tuple[int, int | None, bool, int] | None = None  # status, length, chunked, body start
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionResetError(f"connection closed mid-response ({exc})"))
+        self._fail(ConnectionResetError(f"connection closed mid-response ({exc})"))
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if self.waiter is None or self.waiter.done():
-            return
         try:
-            response = self._parse()
-        except ValueError as exc:
+            self.parser.feed_data(data)
+        except self.parse_error as exc:
             self.reusable = False
-            self.waiter.set_exception(RequestFailed("protocol", str(exc)))
-            return
-        if response is not None:
-            self.waiter.set_result(response)
+            self._fail(RequestFailed("protocol", str(exc)))
 
-    def _parse(self) -> tuple[int, bytes] | None:
-        if self._head is None:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return None
-            lines = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
-            status = int(lines[0].split(" ", 2)[1])
-            headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
-            declared = headers.get("content-length")
-            if headers.get("connection", "").lower() == "close":
-                self.reusable = False
-            chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-            self._head = (status, int(declared) if declared is not None else None, chunked, end + 4)
-        status, length, chunked, start = self._head
-        if chunked:
-            body, consumed = dechunk(self.buffer, start)
-            if body is None:
-                return None
-        else:
-            if length is None:
-                raise ValueError("response without Content-Length or chunked encoding")
-            if len(self.buffer) < start + length:
-                return None
-            body, consumed = bytes(self.buffer[start:start + length]), start + length
-        del self.buffer[:consumed]
-        self._head = None
-        return status, body
+    # httptools callbacks
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
 
-    async def request(self, payload: bytes) -> tuple[int, bytes]:
+    def on_message_complete(self) -> None:
+        if not self.parser.should_keep_alive():
+            self.reusable = False
+        body, self.body = b"".join(self.body), []
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result((self.parser.get_status_code(), body))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+
+    def expire(self) -> None:
+        """The request's deadline passed: fail it and drop the connection."""
+        self._fail(TimeoutError("no complete response before the deadline"))
+        self.close()
+
+    async def request(self, payload: bytes, timeout_s: float) -> tuple[int, bytes]:
         assert self.transport is not None
-        self.waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.waiter = loop.create_future()
+        deadline = loop.call_later(timeout_s, self.expire)  # one timer, cheaper than asyncio.timeout
         self.transport.write(payload)
-        return await self.waiter
+        try:
+            return await self.waiter
+        finally:
+            deadline.cancel()
 
     def close(self) -> None:
         self.reusable = False
         if self.transport is not None:
             self.transport.close()
-
-
-def dechunk(buffer: bytearray, start: int) -> tuple[bytes | None, int]:
-    """The body of a chunked response and the bytes it took, or (None, 0) if incomplete."""
-    parts: list[bytes] = []
-    position = start
-    while True:
-        line_end = buffer.find(b"\r\n", position)
-        if line_end < 0:
-            return None, 0
-        size = int(bytes(buffer[position:line_end]).split(b";")[0], 16)
-        position = line_end + 2
-        if size == 0:
-            trailer_end = buffer.find(b"\r\n", position)
-            return (b"".join(parts), trailer_end + 2) if trailer_end >= 0 else (None, 0)
-        if len(buffer) < position + size + 2:
-            return None, 0
-        parts.append(bytes(buffer[position:position + size]))
-        position += size + 2
 
 
 class HttpJsonAdapter:
@@ -155,21 +130,20 @@ class HttpJsonAdapter:
             connection = self._idle.pop()
             if connection.reusable:
                 return connection
-        _, connection = await asyncio.get_running_loop().create_connection(
-            _HttpConnection, self.host, self.port)
+        _, connection = await asyncio.wait_for(asyncio.get_running_loop().create_connection(
+            _HttpConnection, self.host, self.port), self.timeout_s)
         return connection
 
     async def issue(self, prepared: bytes) -> bytes:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_connections)
         async with self._slots:
-            async with asyncio.timeout(self.timeout_s):
-                connection = await self._connection()
-                try:
-                    status, body = await connection.request(prepared)
-                except BaseException:
-                    connection.close()  # a half-read response makes the connection useless
-                    raise
+            connection = await self._connection()
+            try:
+                status, body = await connection.request(prepared, self.timeout_s)
+            except BaseException:
+                connection.close()  # a half-read response makes the connection useless
+                raise
             if connection.reusable:
                 self._idle.append(connection)
         if not 200 <= status < 300:

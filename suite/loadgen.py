@@ -497,11 +497,15 @@ def meets_slo(result: LoadResult, slo_p99_s: float, max_error_fraction: float = 
             and result.error_fraction <= max_error_fraction)
 
 
+MAX_PROBE_WINDOW_S = 2.0  # a probe is bounded: below ~130 req/s its p99 cannot be claimed in time, and it fails
+
+
 def probe_policy(rate: float, policy: WindowPolicy) -> WindowPolicy:
-    """Windows long enough that the accepted ones hold P99_FLOOR completions at `rate`."""
+    """STABILITY_WINDOWS windows (all accepted) long enough to hold P99_FLOOR completions
+    at `rate`, at most MAX_PROBE_WINDOW_S each."""
     needed_s = 1.2 * P99_FLOOR / (rate * STABILITY_WINDOWS)
-    return WindowPolicy(duration_s=max(policy.duration_s or 0.0, needed_s), max_windows=policy.max_windows,
-                        warmup_s=policy.warmup_s, tolerance=policy.tolerance)
+    return WindowPolicy(duration_s=min(MAX_PROBE_WINDOW_S, max(policy.duration_s or 0.0, needed_s)),
+                        max_windows=STABILITY_WINDOWS, warmup_s=policy.warmup_s, tolerance=policy.tolerance)
 
 
 @dataclass
@@ -522,7 +526,7 @@ def _pct(result: LoadResult, q: float) -> float:
 
 
 def search_goodput(probe: Callable[[float], LoadResult], high: float, slo_p99_s: float, *,
-                   rel_tolerance: float = 0.05, max_probes: int = 8,
+                   rel_tolerance: float = 0.05, max_probes: int = 7,
                    max_error_fraction: float = 0.01) -> GoodputSearch:
     """Bisection on the offered rate between 0 and `high` (e.g. 1.2 x the closed-loop
     peak): each probe runs an open loop at a rate and is judged by `meets_slo`; stops when

@@ -425,7 +425,8 @@ def test_external_tool_agreement_catches_a_slow_generator(tiny_server: TinyHttpS
         pytest.skip(f"needs {tool} (apt-get install {tool})")
     url = tiny_server.url("/ok")
     ratio, theirs = interleaved_ratio(SlowAdapter(url), tool, url)
-    assert all(r.throughput > 0 and r.non_2xx == 0 for r in theirs.results) and len(theirs.results) == 4
+    assert all(r.throughput > 0 and r.non_2xx == 0 for r in theirs.results)
+    assert len(theirs.results) == 1 + 4  # one warm-up run, then the rounds
     slow = conformance.agrees_with_external(ratio, tool, 4)
     assert not slow.passed  # 5 ms per request is far outside 10%
     assert ratio.ci_high < 0.9 and "95% CI" in slow.detail and tool in slow.name
@@ -455,3 +456,11 @@ def test_headroom_check_catches_a_cpu_hungry_generator(tiny_server: TinyHttpServ
     assert greedy.observed is not None and lean.observed is not None
     assert not greedy.passed  # it is its own bottleneck: capacity ~ throughput
     assert lean.observed > greedy.observed
+
+
+def test_probe_windows_hold_enough_samples_for_a_p99_and_stay_bounded() -> None:
+    base = loadgen.WindowPolicy(duration_s=0.1, max_windows=5, warmup_s=0.1)
+    fast = loadgen.probe_policy(2000.0, base)
+    assert fast.duration_s is not None and 2000.0 * fast.duration_s * fast.max_windows >= loadgen.P99_FLOOR
+    slow = loadgen.probe_policy(10.0, base)
+    assert slow.duration_s == loadgen.MAX_PROBE_WINDOW_S and slow.max_windows == loadgen.STABILITY_WINDOWS
