@@ -284,6 +284,14 @@ def test_aware_dates_compare_as_instants_and_never_with_naive_ones() -> None:
         detector.test(pd.DataFrame({"t": paris.dt.tz_localize(None)}))
 
 
+def test_complex_columns_are_refused_not_silently_made_real() -> None:
+    values = np.random.default_rng(0).normal(size=50) * (1 + 1j)
+    with pytest.raises(DriftInputError, match="'z' is complex"):
+        DriftDetector(pd.DataFrame({"z": values}))
+    with pytest.raises(DriftInputError, match="'z' is complex"):
+        DriftDetector(pd.DataFrame({"z": values.real})).test(pd.DataFrame({"z": values}))
+
+
 def test_missing_dates_are_invalid_values_not_a_verdict() -> None:
     reference = pd.DataFrame({"t": timestamps(2020)})
     current = reference.assign(t=reference["t"].where(np.arange(300) % 10 > 0))  # every 10th is NaT

@@ -20,6 +20,7 @@ Dates and times: datetime64 columns (naive or time-zone aware) and timedelta64 c
 numeric features compared as seconds (since 1970-01-01 UTC for instants), so windows from
 years that do not overlap are drift; NaT counts as a missing value (`invalid_values`), and a
 naive column is never compared with an aware one (refused: the instants are ambiguous).
+Complex columns are refused (casting to float would drop the imaginary part silently).
 """
 
 from __future__ import annotations
@@ -327,6 +328,9 @@ def _family(column: pd.Series) -> str:
         return DATETIME
     if pd.api.types.is_timedelta64_dtype(column):
         return TIMEDELTA
+    if pd.api.types.is_complex_dtype(column):
+        raise DriftInputError(f"column {column.name!r} is complex ({column.dtype}); compare its real and imaginary "
+                              "parts (or its modulus) as separate columns")
     if pd.api.types.is_bool_dtype(column) or not pd.api.types.is_numeric_dtype(column):
         return CATEGORICAL
     return NUMERIC
