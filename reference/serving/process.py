@@ -49,7 +49,8 @@ def http_ok(url: str, headers: Mapping[str, str] | None = None, timeout_s: float
 class ManagedServer:
     def __init__(self, name: str, command: Sequence[str], log_path: Path, ready: Callable[[], bool],
                  env: Mapping[str, str] | None = None, cwd: Path | None = None,
-                 stop_signal: int = signal.SIGTERM, fatal_log_lines: Sequence[str] = ()) -> None:
+                 stop_signal: int = signal.SIGTERM, fatal_log_lines: Sequence[str] = (),
+                 cpus: set[int] | None = None) -> None:
         self.name = name
         self.command = list(command)
         self.log_path = log_path
@@ -58,6 +59,7 @@ class ManagedServer:
         self.cwd = cwd
         self.stop_signal = stop_signal
         self.fatal_log_lines = tuple(fatal_log_lines)  # log text meaning it will never become ready
+        self.cpus = cpus  # the server and every process it starts run on these CPUs (None: anywhere)
         self.process: subprocess.Popen[bytes] | None = None
         self.lifeline: Lifeline | None = None
         self.exit_code: int | None = None
@@ -67,8 +69,10 @@ class ManagedServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             started = time.perf_counter()
+            cpus = self.cpus
+            pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                            cwd=self.cwd, start_new_session=True, preexec_fn=preexec())
+                                            cwd=self.cwd, start_new_session=True, preexec_fn=preexec(pin))
         self.lifeline = Lifeline(self.process.pid)
         _LIVE.add(self)
         polls = 0
