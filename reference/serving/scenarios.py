@@ -59,6 +59,7 @@ WINDOWS_PER_BUDGET = 3
 SHORT_BUDGET_S = 5.0  # below this (quick), one extra window to reach stability; else three
 INTERLEAVED_WINDOW_S = 0.1  # one server sample when interleaved with other contenders
 SEARCH_HEADROOM = 1.2  # the goodput search starts at this multiple of the closed-loop peak
+SERVER_WARMUP_S = 5.0  # side by side: each server under load this long first (TorchServe's JVM needs seconds)
 
 
 def window_policy(budget: Budget) -> Any:
@@ -394,8 +395,9 @@ class ServeSideBySide(Scenario):
                             for name, d in self.deployments.items()}
                 sources = {name: session.window_source(p["concurrency"], INTERLEAVED_WINDOW_S)
                            for name, session in sessions.items()}
+                warm = ctx.budget.model_copy(update={"warmup_s": max(ctx.budget.warmup_s, SERVER_WARMUP_S)})
                 timed = timing.time_interleaved({**sources, "raw": raw_source(predictor, self.options.max_batch_size)},
-                                                ctx.budget, self_timed=True)
+                                                warm, self_timed=True)
                 policy = window_policy(ctx.budget)
                 self.searches = {name: goodput_search(sessions[name], SEARCH_HEADROOM / statistics.median(
                     timed[name].times), p["slo_ms"] / 1000.0, policy, ctx.seed) for name in sessions}
