@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from suite import stats
 from suite.report_model import (
@@ -35,10 +35,10 @@ MIB = 1 / 2**20
 MS = 1e3
 
 
-def _bars(plot_id: str, title: str, xlabel: str, ylabel: str, points: list[tuple[str, Metric | None, Record]],
+def _bars(plot_id: str, title: str, xlabel: str, ylabel: str, points: Sequence[tuple[str, Metric, Record]],
           reference: tuple[str, float, str] | None = None) -> Plot | None:
     """Horizontal bars with their CIs, one per labelled metric; noisy ones hatched."""
-    kept = [(label, m, r) for label, m, r in points if m is not None and math.isfinite(m.value)]
+    kept = [(label, m, r) for label, m, r in points if math.isfinite(m.value)]
     if not kept:
         return None
     bars = Bars(labels=[label for label, _, _ in kept], values=[m.value for _, m, _ in kept],
@@ -470,7 +470,19 @@ FAMILY_IDS = tuple(builder.__name__ for builder in FAMILIES)
 def family_sections(records: list[Record]) -> list[Section]:
     sections = [builder(records) for builder in FAMILIES]
     for section in sections:
-        if not of_family(records, section.id):
+        measured = of_family(records, section.id)
+        if measured:
+            section.notes.insert(0, "From: " + "; ".join(sorted(_origins(measured))) + ".")
+        else:
             section.answers.insert(0, f"No {section.id} records in these results.")
     return sections
+
+
+def _origins(records: list[Record]) -> set[str]:
+    """Which machine, profile and commits a section's numbers come from (dirty ones said so)."""
+    commits: dict[tuple[str, str], set[str]] = {}
+    for r in records:
+        commits.setdefault((machine_label(r.env), r.profile), set()).add(
+            r.git.commit[:8] + (" (dirty)" if r.git.dirty else ""))
+    return {f"{machine}, profile {profile}, commit {', '.join(sorted(c))}" for (machine, profile), c in commits.items()}
 

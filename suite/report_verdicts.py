@@ -208,15 +208,15 @@ def machines(records: list[Record]) -> Section:
             shared.add(scenario)
             cells, found = [], {}
             for label in labels:
-                r = per_machine.get(label)
-                m = r.metric(metric.name) if r else None
-                if r is None or m is None:
+                mine = per_machine.get(label)
+                m = mine.metric(metric.name) if mine else None
+                if mine is None or m is None:
                     cells.append(Cell("-"))
                     continue
                 found[label] = m
-                cell = metric_cell(m, r)
-                setting = params_text({k: r.params[k] for k in sorted(own) if k in r.params})
-                cells.append(Cell(f"{cell.text} {m.unit} ({setting})", cell.value, cell.flags, link=anchor(r)))
+                cell = metric_cell(m, mine)
+                setting = params_text({k: mine.params[k] for k in sorted(own) if k in mine.params})
+                cells.append(Cell(f"{cell.text} {m.unit} ({setting})", cell.value, cell.flags, link=anchor(mine)))
             table.rows.append([Cell(scenario), Cell(config or "-"),
                                Cell(f"{metric.name} ({metric.unit}, {'higher' if metric.higher_is_better else 'lower'}"
                                     " is better)"), *cells])
