@@ -142,6 +142,7 @@ class LoadResult:
     stable: bool
     demand_s: float  # the generator's own CPU demand over the measured windows (cpu_demand_s)
     issue_lag: list[float] = field(default_factory=list)  # open loop: sent - scheduled, seconds
+    cpu_s: float = 0.0  # process CPU time over the measured windows (no run-queue wait)
 
     @property
     def accepted(self) -> list[Window]:
@@ -188,6 +189,12 @@ class LoadResult:
         requests = sum(len(w.latencies) + sum(w.errors.values()) for w in self.windows)
         return requests / self.demand_s if self.demand_s > 0 else math.inf
 
+    @property
+    def cpu_per_request(self) -> float:
+        """Seconds of the generator's CPU per request sent: what it costs, whatever the host's load."""
+        requests = sum(len(w.latencies) + sum(w.errors.values()) for w in self.windows)
+        return self.cpu_s / requests if requests else math.inf
+
     def describe(self) -> dict[str, Any]:
         """Per-window detail for provenance."""
         return {
@@ -195,7 +202,8 @@ class LoadResult:
             "window_throughput": [round(w.throughput, 2) for w in self.windows],
             "window_p99_s": [w.p99 for w in self.windows],
             "errors": dict(self.errors), "completed": self.completed,
-            "loadgen_capacity_req_s": self.capacity, "p99_s": self.p99,
+            "loadgen_capacity_req_s": self.capacity, "loadgen_cpu_per_request_s": self.cpu_per_request,
+            "p99_s": self.p99,
             "latency_hdr_us": hdr_export(self.latencies),
         }
 
@@ -209,6 +217,7 @@ def metrics(result: LoadResult, prefix: str) -> list[Metric]:
         found.append(stats.summarize(f"{prefix}latency", "s", False, result.latencies))
     found.append(stats.scalar(f"{prefix}errors", "requests", False, sum(result.errors.values())))
     found.append(stats.scalar(f"{prefix}loadgen_capacity", "req/s", True, result.capacity))
+    found.append(stats.scalar(f"{prefix}loadgen_cpu_per_request", "s", False, result.cpu_per_request))
     if result.issue_lag:
         found.append(stats.summarize(f"{prefix}issue_lag", "s", False, result.issue_lag))
     found.append(stats.scalar(f"{prefix}stable", "bool", True, float(result.stable)))
@@ -253,14 +262,14 @@ async def _issue_recorded(adapter: Adapter, prepared: Any, origin: float, record
 
 
 async def _measure_windows(recorder: _Recorder, policy: WindowPolicy,
-                           fixed: int | None = None) -> tuple[list[Window], bool, float]:
+                           fixed: int | None = None) -> tuple[list[Window], bool, float, float]:
     """Wait out warm-up, then cut windows until stable or max_windows (exactly `fixed`
     windows when given); returns the windows, the verdict and the generator's CPU demand
-    while measuring."""
+    and process CPU time while measuring."""
     clock = recorder.clock
     await asyncio.sleep(policy.warmup_s)
     windows: list[Window] = []
-    demand_start = cpu_demand_s()
+    demand_start, cpu_start = cpu_demand_s(), time.process_time()
     start = clock()
     cursor = len(recorder.events)
     while len(windows) < (fixed or policy.max_windows):
@@ -284,8 +293,8 @@ async def _measure_windows(recorder: _Recorder, policy: WindowPolicy,
                               Counter(kind for _, _, kind in chunk if kind is not None)))
         cursor, start = upto, end
         if fixed is None and stable(windows, policy.tolerance):
-            return windows, True, cpu_demand_s() - demand_start
-    return windows, stable(windows, policy.tolerance), cpu_demand_s() - demand_start
+            return windows, True, cpu_demand_s() - demand_start, time.process_time() - cpu_start
+    return windows, stable(windows, policy.tolerance), cpu_demand_s() - demand_start, time.process_time() - cpu_start
 
 
 async def _finish(tasks: Sequence[asyncio.Task[Any]]) -> None:
@@ -315,11 +324,11 @@ async def closed_loop(adapter: Adapter, prepared: Sequence[Any], concurrency: in
 
     tasks = [asyncio.create_task(caller(k)) for k in range(concurrency)]
     try:
-        windows, verdict, demand_s = await _measure_windows(recorder, policy, fixed)
+        windows, verdict, demand_s, cpu_s = await _measure_windows(recorder, policy, fixed)
     finally:
         running = False
         await _finish(tasks)
-    return LoadResult("closed", concurrency, windows, verdict, demand_s)
+    return LoadResult("closed", concurrency, windows, verdict, demand_s, cpu_s=cpu_s)
 
 
 def poisson_arrivals(rate: float, seed: int, block: int = 1024) -> Iterator[float]:
@@ -362,12 +371,12 @@ async def open_loop(adapter: Adapter, prepared: Sequence[Any], rate: float, poli
 
     scheduler = asyncio.create_task(schedule())
     try:
-        windows, verdict, demand_s = await _measure_windows(recorder, policy)
+        windows, verdict, demand_s, cpu_s = await _measure_windows(recorder, policy)
     finally:
         scheduler.cancel()
         await asyncio.gather(scheduler, return_exceptions=True)
         await _finish(list(in_flight))
-    return LoadResult("open", rate, windows, verdict, demand_s, issue_lag=lag)
+    return LoadResult("open", rate, windows, verdict, demand_s, issue_lag=lag, cpu_s=cpu_s)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:

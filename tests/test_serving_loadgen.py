@@ -226,7 +226,8 @@ def test_generator_and_server_get_separate_cpus() -> None:
 
 def test_metrics_carry_units_and_flag_unclaimed_percentiles() -> None:
     found = {m.name: m for m in loadgen.metrics(result_at(100, 0.01), "c4_")}
-    assert {"c4_throughput", "c4_latency", "c4_errors", "c4_loadgen_capacity", "c4_stable"} <= set(found)
+    assert {"c4_throughput", "c4_latency", "c4_errors", "c4_loadgen_capacity", "c4_loadgen_cpu_per_request",
+            "c4_stable"} <= set(found)
     latency = found["c4_latency"]
     assert latency.unit == "s" and not latency.higher_is_better
     p99 = next(p for p in latency.percentiles if p.q == 99.0)
@@ -451,8 +452,9 @@ def ours(adapter: HttpJsonAdapter, concurrency: int = 4) -> loadgen.LoadResult:
 @pytest.mark.breaks("loadgen.not_the_bottleneck")
 def test_headroom_check_catches_a_cpu_hungry_generator(tiny_server: TinyHttpServer) -> None:
     url = tiny_server.url("/ok")
-    lean = conformance.loadgen_headroom([ours(HttpJsonAdapter(url), concurrency=1)])
-    greedy = conformance.loadgen_headroom([ours(GreedyAdapter(url), concurrency=1)])
+    lean_run, greedy_run = ours(HttpJsonAdapter(url), concurrency=1), ours(GreedyAdapter(url), concurrency=1)
+    assert greedy_run.cpu_per_request >= 0.003 > lean_run.cpu_per_request  # its own CPU per request, measured
+    lean, greedy = conformance.loadgen_headroom([lean_run]), conformance.loadgen_headroom([greedy_run])
     assert greedy.observed is not None and lean.observed is not None
     assert not greedy.passed  # it is its own bottleneck: capacity ~ throughput
     assert lean.observed > greedy.observed

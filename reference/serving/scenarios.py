@@ -542,6 +542,7 @@ class ServeLoadgen(Scenario):
             stats.summarize(f"{p['tool']}_p50", "s", False, theirs_p50),
             *self.ratios,
             stats.summarize("loadgen_capacity", "req/s", True, self.capacity),
+            stats.summarize("loadgen_cpu_per_request", "s", False, [r.cpu_per_request for r in self.measured]),
         ]
 
     def check(self, ctx: RunContext) -> list[Check]:
