@@ -113,3 +113,31 @@ class MonitorOverhead:
 
     def peakmem_batch(self, monitor: str) -> None:
         self.scenario.step()
+
+
+class LabelRequest:
+    """One /label through the instrumented service with the monitor at its default capacity
+    (a million rows): the gauges read O(1) running totals when scraped, so this must not grow
+    with the predictions held (issue 12: a window recomputed per label, 6.6 ms)."""
+
+    timeout = 120
+
+    def setup(self) -> None:
+        try:
+            from reference.monitoring import app, logs, metrics, performance
+        except ImportError as exc:  # prometheus_client missing: not applicable here
+            raise NotImplementedError(str(exc)) from exc
+        from reference.monitoring.scenarios import Discard
+
+        model = app.wine_model()
+        self.service = app.PredictionService(model, metrics.ModelMetrics("v1", model.class_names),
+                                             logs.PredictionLog(logs.json_logger(Discard(), "mlsuite.bench"), 0.6),
+                                             performance.PerformanceMonitor())
+        for k in range(1000):
+            self.service.predict({"id": f"p{k}", "features": model.mean.tolist()})
+        self.calls = 0
+
+    def time_label(self) -> None:
+        """Labels cycle over the 1000 predictions: a repeated label is a harmless re-delivery."""
+        self.service.label({"id": f"p{self.calls % 1000}", "label": "class_0"})
+        self.calls += 1
