@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from suite import registry
+from suite import instructions, registry
 from suite.errors import SuiteError
 from suite.profiles import PROFILES
 
@@ -37,6 +37,9 @@ def _selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                    help="only grid points with this parameter value, e.g. model=mlp (repeatable)")
     p.add_argument("--config", type=Path, default=None, help="TOML file with [profiles.<name>] budget overrides")
+    p.add_argument("--count", choices=["instructions"], default=None,
+                   help="count the timed region's instructions under Valgrind's callgrind instead of timing it "
+                        "(run: written under <out>/instructions)")
 
 
 def _gating(p: argparse.ArgumentParser) -> None:
@@ -279,7 +282,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     from suite.compare import RegressionCheck, gate
     from suite.schema import load_many
 
-    rules = [RegressionCheck.parse(spec) for spec in args.fail_on]
+    rules = instructions.rules_with_default([RegressionCheck.parse(spec) for spec in args.fail_on])
     base, cur = load_many([args.baseline]), load_many([args.current])
     result = gate(base, cur, rules, args.allow_cross_machine, floors=_floors(args.calibration, cur),
                   allow_source_change=args.allow_source_change)
@@ -297,7 +300,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
     from suite.environment import fingerprint
     from suite.profiles import load_budget
 
-    rules = [RegressionCheck.parse(spec) for spec in args.fail_on]
+    rules = instructions.rules_with_default([RegressionCheck.parse(spec) for spec in args.fail_on])
     budget = load_budget(args.profile, args.config)
     where = parse_where(args)
     floors = floors_for(args.calibration, fingerprint(budget.seed).machine_id)
@@ -373,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.packages = tuple(p for p in args.packages.split(",") if p)
+        if getattr(args, "count", None):
+            instructions.enable()
+            if args.command == "run":
+                args.out = args.out / "instructions"  # never mixed with (or mistaken for) timed results
         return COMMANDS[args.command](args)
     except SuiteError as exc:
         print(f"mlsuite: error: {exc}", file=sys.stderr)

@@ -9,11 +9,12 @@ percentiles are flagged as not claimed (they describe means, not single calls)."
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
+from suite import instructions
 from suite.profiles import Budget
 
 _OVERHEAD_CALLS = 2000
@@ -177,7 +178,7 @@ def _next_chunk(have: int, budget: Budget) -> int:
     return min(INTERLEAVE_CHUNK, limit - have)
 
 
-def time_interleaved(contenders: dict[str, Callable[[], Any] | SampleSource], budget: Budget,
+def time_interleaved(contenders: Mapping[str, Callable[[], Any] | SampleSource], budget: Budget,
                      device: str = "cpu", *, self_timed: bool = False, first_call: bool = False
                      ) -> dict[str, Timed]:
     """Time several contenders side by side: each warmed up by count and time, then
@@ -195,6 +196,9 @@ def time_interleaved(contenders: dict[str, Callable[[], Any] | SampleSource], bu
 
         sync = torch.cuda.synchronize
     clock = "host" if self_timed or not on_cuda else "device"
+    counting = instructions.active()  # under callgrind: count the sampled region, per contender
+    if counting:
+        budget = instructions.counting_budget(budget, self_timed)
     overhead = timer_overhead("host" if self_timed else clock)
     sources: dict[str, SampleSource] = {}
     calls: dict[str, int] = {}
@@ -204,7 +208,7 @@ def time_interleaved(contenders: dict[str, Callable[[], Any] | SampleSource], bu
         if self_timed:
             source: SampleSource = contender  # type: ignore[assignment]
             firsts[name] = source(1)[0] if first_call else None
-            warm[name] = _warm_up(lambda s=source: s(1), budget, _noop)
+            warm[name] = _warm_up(partial(source, 1), budget, _noop)
             calls[name] = 1
         else:
             fn: Callable[[], Any] = contender  # type: ignore[assignment]
@@ -212,12 +216,16 @@ def time_interleaved(contenders: dict[str, Callable[[], Any] | SampleSource], bu
             warm[name] = _warm_up(fn, budget, sync)
             calls[name] = _calls_per_sample(fn, overhead, sync)
             source = _Clocked(fn, device, calls[name])
+            if counting:
+                instructions.check_affordable(name, fn, calls[name])
         sources[name] = source
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     started = time.perf_counter()
     while pending := [name for name, times in samples.items() if not _enough(len(times), started, budget)]:
         for name in pending:
-            samples[name] += sources[name](_next_chunk(len(samples[name]), budget))
+            chunk = _next_chunk(len(samples[name]), budget)
+            with instructions.region(name, chunk * calls[name], counting):
+                samples[name] += sources[name](chunk)
     return {
         name: Timed(times=samples[name], clock=clock, overhead=overhead / calls[name],
                     calls_per_sample=calls[name], warmup_calls=warm[name][0], warmup_s=warm[name][1],

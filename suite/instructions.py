@@ -1,0 +1,284 @@
+"""Instruction counts of the timed region under Valgrind's callgrind: a measure that load on
+a shared host cannot move (CodSpeed's answer for CI on shared runners).
+
+The worker runs under `valgrind --tool=callgrind --instr-atstart=no`: nothing is counted
+until the harness's clock (suite.timing) brackets a contender's samples with the client
+requests of a tiny C shim (zero, start; stop, dump named after the contender and its number
+of calls). The runner reads the dumps back and records `<prefix>instructions_per_call`.
+
+Counts do not see memory stalls, cache misses or parallel speedups: they measure the work
+a step asks of the CPU, not how long the CPU takes to do it. The instrumented region runs
+some hundreds of times slower than natively, so only short steps are counted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+MODE_ENV = "MLSUITE_COUNT"  # set to "instructions" in the worker's environment to count
+MODE = "instructions"
+METRIC = "instructions_per_call"
+UNIT = "instructions"
+# The gate's threshold for counts when no rule names them: counts are stable to ~0.1%
+# between runs, so a 1% change is a verdict; a calibrated A/A floor still raises it.
+DEFAULT_RULE = f"*{METRIC}:+0.5%"
+OUT_NAME = "callgrind.out"
+# Samples per contender per run under callgrind (two dumps of five): counts barely vary
+# within a run, and every sample costs hundreds of times its native time.
+SAMPLES = 10
+# A contender whose counted region would take more CPU seconds than this (estimated from
+# one warm call under Valgrind) is not counted: the run would outlast any sensible budget.
+MAX_REGION_S = 300.0
+# The instrumented region's slowdown over a call under Valgrind uninstrumented, with margin:
+# measured 1.5x on the digits MLP AdamW step (0.66 s -> ~1.0 s CPU per call; Valgrind
+# re-translates oneDNN's run-time code either way), more for plain Python.
+INSTRUMENTED_SLOWDOWN = 10.0
+
+SHIM_SOURCE = r"""
+#include <valgrind/callgrind.h>
+/* Bracket exactly the measured region: counts start at zero, stop before the dump. */
+void mlsuite_count_start(void) { CALLGRIND_ZERO_STATS; CALLGRIND_START_INSTRUMENTATION; }
+void mlsuite_count_stop(const char *name) { CALLGRIND_STOP_INSTRUMENTATION; CALLGRIND_DUMP_STATS_AT(name); }
+int mlsuite_on_valgrind(void) { return RUNNING_ON_VALGRIND; }
+"""
+
+# Environment that makes the work of a run the same in every run: one malloc arena (no
+# per-thread arenas chosen by timing), no malloc tunables left to chance, fixed hash seed.
+STABLE_ENV = {"MALLOC_ARENA_MAX": "1", "PYTHONHASHSEED": "0", "GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}
+
+
+def requested() -> bool:
+    """Whether this process (the runner, or a worker under Valgrind) is in counting mode."""
+    return os.environ.get(MODE_ENV) == MODE
+
+
+def enable() -> None:
+    """Counting mode for every worker this process starts."""
+    os.environ[MODE_ENV] = MODE
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MLSUITE_CACHE", Path.home() / ".cache" / "mlsuite"))
+
+
+def compiler() -> str | None:
+    return next((found for name in ("cc", "gcc", "clang") if (found := shutil.which(name))), None)
+
+
+def build_shim(folder: Path | None = None) -> Path:
+    """Compile the shim once per source (named by its hash) into the cache folder; a
+    concurrent build by another worker is harmless (atomic rename)."""
+    from suite.errors import SuiteError
+
+    folder = folder or cache_dir()
+    digest = hashlib.sha256(SHIM_SOURCE.encode()).hexdigest()[:12]
+    target = folder / f"callgrind-shim-{digest}.so"
+    if target.exists():
+        return target
+    cc = compiler()
+    if cc is None:
+        raise SuiteError("no C compiler (cc, gcc or clang) on PATH to build the callgrind shim")
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".shim-") as tmp:
+        source, built = Path(tmp, "shim.c"), Path(tmp, "shim.so")
+        source.write_text(SHIM_SOURCE)
+        done = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(built), str(source)],
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise SuiteError(f"building the callgrind shim failed (is valgrind/callgrind.h installed?): "
+                             f"{done.stderr.strip()[-400:]}")
+        built.replace(target)
+    return target
+
+
+def unavailable() -> str | None:
+    """None when counting can run here, else why not (the `skipped` reason)."""
+    from suite.errors import SuiteError
+
+    if shutil.which("valgrind") is None:
+        return "instruction counts need valgrind (Debian: apt-get install valgrind); it is not on PATH"
+    try:
+        build_shim()
+    except SuiteError as exc:
+        return f"instruction counts need the callgrind shim: {exc}"
+    return None
+
+
+@cache
+def _shim() -> ctypes.CDLL:
+    shim = ctypes.CDLL(str(build_shim()))
+    shim.mlsuite_count_stop.argtypes = [ctypes.c_char_p]
+    return shim
+
+
+def active() -> bool:
+    """Counting mode asked for and this process runs under Valgrind."""
+    return requested() and bool(_shim().mlsuite_on_valgrind())
+
+
+def region_name(contender: str, calls: int) -> str:
+    return f"mlsuite:{calls}:{contender}"
+
+
+@contextmanager
+def counted(contender: str, calls: int) -> Iterator[None]:
+    """Count the instructions of the body as `calls` calls of `contender` (one dump)."""
+    shim = _shim()
+    shim.mlsuite_count_start()
+    try:
+        yield
+    finally:
+        shim.mlsuite_count_stop(region_name(contender, calls).encode())
+
+
+def counting_budget(budget, self_timed: bool):  # Budget -> Budget
+    """The budget of a counted run: SAMPLES samples per contender, whatever the profile.
+    A self-timed contender is refused: its work happens in other processes (ranks, a
+    server) or on its own clock, and callgrind counts only this process's region."""
+    from suite.registry import Skip
+
+    if self_timed:
+        raise Skip("instruction counts: this scenario's contenders time themselves (ranks of a job, a server "
+                   "under load); callgrind counts only the worker process's own region")
+    return budget.model_copy(update={"min_samples": SAMPLES, "max_samples": SAMPLES})
+
+
+def check_affordable(contender: str, fn, calls: int) -> None:
+    """Skip a contender whose counted region would outlast MAX_REGION_S, estimated from
+    one warm call's CPU time under Valgrind (uninstrumented) times the instrumented slowdown."""
+    import time
+
+    from suite.registry import Skip
+
+    start = time.process_time()  # CPU time: load on the host does not make a step look long
+    fn()
+    estimate = (time.process_time() - start) * calls * SAMPLES * INSTRUMENTED_SLOWDOWN
+    if estimate > MAX_REGION_S:
+        raise Skip(f"instruction counts: the step of {contender or 'the scenario'!r} is too long to count "
+                   f"(~{estimate:.0f} CPU s under callgrind for {SAMPLES} samples; limit {MAX_REGION_S:.0f} s)")
+
+
+def region(contender: str, calls: int, counting: bool):  # ContextManager
+    """The timed region of one chunk of samples: counted when counting, else nothing."""
+    return counted(contender, calls) if counting else nullcontext()
+
+
+def not_countable(requirements: list) -> str | None:
+    """Why a scenario cannot be counted, from its declared requirements: a multi-process
+    scenario (its work is in processes callgrind does not follow)."""
+    from suite.requirements import Processes
+
+    for requirement in requirements:
+        if isinstance(requirement, Processes) and requirement.count > 1:
+            return (f"instruction counts: a {requirement.count}-process scenario; callgrind counts only "
+                    f"the worker process's own region")
+    return None
+
+
+def worker_environment(env: dict[str, str]) -> dict[str, str]:
+    """The worker's environment for a counted run: counting mode, one thread, STABLE_ENV."""
+    return {**env, **STABLE_ENV, MODE_ENV: MODE, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1"}
+
+
+def counted_outcome(outcome: dict, folder: Path) -> dict:
+    """A counted worker's outcome: its times (taken under Valgrind, meaningless) replaced
+    by instruction counts; no counted region at all is a `skipped` run with the reason."""
+    found = metrics(read_dumps(folder))
+    outcome = {**outcome, "metrics": [m.model_dump() for m in found],
+               "checks": [c for c in outcome.get("checks", []) if c.get("name") != "harness.timer_overhead"]}
+    if outcome.get("status") in ("ok", "failed"):
+        failed = [c["name"] for c in outcome["checks"] if not c.get("passed")]
+        outcome.update(status="failed" if failed else "ok",
+                       reason=f"checks failed: {', '.join(failed)}" if failed else "")
+    if not found and outcome.get("status") == "ok":
+        outcome.update(status="skipped", reason="instruction counts: the scenario times nothing in-process on the "
+                                                "harness clock (suite.timing), so there is no region to count")
+    return outcome
+
+
+def valgrind_command(command: list[str], out_file: Path) -> list[str]:
+    """The worker command under callgrind, counting nothing until the shim says so; with
+    address-space randomisation off where `setarch -R` is allowed."""
+    prefix = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_file}",
+              "--dump-line=no", "--dump-instr=no", "--compress-strings=no", "--log-fd=2"]
+    setarch = shutil.which("setarch")
+    if setarch and subprocess.run([setarch, "-R", "true"], capture_output=True).returncode == 0:
+        prefix = [setarch, "-R", *prefix]
+    return [*prefix, *command]
+
+
+@dataclass(frozen=True)
+class Dump:
+    contender: str
+    calls: int
+    instructions: int
+
+
+_TRIGGER = re.compile(r"^desc: Trigger: Client Request: mlsuite:(\d+):(.*)$", re.M)
+# "totals:" is the dump's sum; callgrind 3.19 writes "summary: 0" after a zeroing request.
+_TOTAL = re.compile(r"^totals: (\d+)", re.M)
+
+
+def parse_dump(text: str) -> Dump | None:
+    """One callgrind output file: the region it closes and its instruction total; None
+    for a dump the shim did not ask for (program termination)."""
+    trigger, total = _TRIGGER.search(text), _TOTAL.search(text)
+    if trigger is None:
+        return None
+    if total is None:
+        from suite.errors import SuiteError
+
+        raise SuiteError(f"callgrind dump of {trigger[2]!r} has no totals line")
+    return Dump(contender=trigger[2], calls=int(trigger[1]), instructions=int(total[1]))
+
+
+def _dump_number(path: Path) -> int:
+    tail = path.name.rsplit(".", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def read_dumps(folder: Path) -> list[Dump]:
+    """Every region dump in `folder`, in the order the worker wrote them."""
+    paths = sorted(folder.glob(f"{OUT_NAME}*"), key=_dump_number)
+    return [dump for path in paths if (dump := parse_dump(path.read_text(errors="replace")))]
+
+
+def metrics(dumps: list[Dump]) -> list:  # list[Metric]
+    """`<prefix>instructions_per_call` per contender: each dump's per-call count is a
+    sample (a mean over that dump's calls), the run's value their mean."""
+    from suite import stats
+
+    by_contender: dict[str, list[Dump]] = {}
+    for dump in dumps:
+        by_contender.setdefault(dump.contender, []).append(dump)
+    found = []
+    for contender, own in by_contender.items():
+        per_call = [d.instructions / d.calls for d in own]
+        metric = stats.summarize(f"{contender}{METRIC}", UNIT, False, per_call, clock="callgrind",
+                                 calls_per_sample=max(d.calls for d in own))
+        mean = sum(per_call) / len(per_call)
+        low, high = stats.bootstrap_ci(per_call, stats.ESTIMATORS["mean"])
+        found.append(metric.model_copy(update={"value": mean, "run_values": [mean], "estimator": "mean",
+                                               "ci_low": low, "ci_high": high}))
+    return found
+
+
+def rules_with_default(rules: list) -> list:  # list[RegressionCheck]
+    """The user's rules, plus the count threshold unless a rule already names counts."""
+    from suite.compare import RegressionCheck
+
+    if any(rule.applies_to(METRIC) for rule in rules):
+        return rules
+    return [*rules, RegressionCheck.parse(DEFAULT_RULE)]

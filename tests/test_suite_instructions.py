@@ -1,0 +1,160 @@
+"""Instruction counts under callgrind: the dump parser, the shim, the budget and skip rules,
+and (slow) a real counted step twice (equal counts) and with a planted extra loop (caught)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from suite import instructions
+from suite.compare import RegressionCheck
+from suite.errors import SuiteError
+from suite.profiles import PROFILES
+from suite.registry import Skip
+from suite.requirements import Package, Processes
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# The spread between runs the README states for counts (goal 0.2%).
+STATED_SPREAD = 0.002
+
+
+def dump_text(trigger: str, total: int | None) -> str:
+    """A callgrind 3.19 dump as the shim leaves it ("summary: 0" after a zeroing request)."""
+    lines = ["# callgrind format", "version: 1", "creator: callgrind-3.19.0", "pid: 7", "part: 1", "",
+             "desc: Timerange: Basic block 0 - 2543642", f"desc: Trigger: {trigger}", "", "positions: line",
+             "events: Ir", "summary: 0", "", "fn=(1) step", "0 12"]
+    return "\n".join(lines + ([f"totals: {total}"] if total is not None else [])) + "\n"
+
+
+def test_parse_dump_reads_region_calls_and_totals():
+    dump = instructions.parse_dump(dump_text("Client Request: mlsuite:10:fp32_", 12115386))
+    assert dump == instructions.Dump(contender="fp32_", calls=10, instructions=12115386)
+
+
+def test_parse_dump_keeps_an_empty_prefix_and_ignores_program_termination():
+    assert instructions.parse_dump(dump_text("Client Request: mlsuite:5:", 50)).contender == ""
+    assert instructions.parse_dump(dump_text("Program termination", 0)) is None
+
+
+def test_parse_dump_without_totals_is_an_error():
+    with pytest.raises(SuiteError, match="no totals"):
+        instructions.parse_dump(dump_text("Client Request: mlsuite:5:x", None))
+
+
+def test_read_dumps_in_numeric_order_and_metrics_per_contender(tmp_path):
+    totals = {1: ("a_", 1000), 2: ("b_", 4000), 10: ("a_", 1100), 11: ("b_", 4000)}
+    for number, (name, total) in totals.items():
+        (tmp_path / f"callgrind.out.{number}").write_text(dump_text(f"Client Request: mlsuite:10:{name}", total))
+    (tmp_path / "callgrind.out").write_text(dump_text("Program termination", 0))
+    dumps = instructions.read_dumps(tmp_path)
+    assert [d.instructions for d in dumps] == [1000, 4000, 1100, 4000]
+    found = {m.name: m for m in instructions.metrics(dumps)}
+    assert set(found) == {"a_instructions_per_call", "b_instructions_per_call"}
+    a = found["a_instructions_per_call"]
+    assert a.value == pytest.approx(105.0) and a.run_values == [pytest.approx(105.0)]
+    assert a.samples == [100.0, 110.0] and a.unit == "instructions" and not a.higher_is_better
+    assert a.estimator == "mean" and a.calls_per_sample == 10
+
+
+def test_default_rule_gates_counts_at_half_a_percent_unless_a_rule_names_them():
+    rules = instructions.rules_with_default([RegressionCheck.parse("throughput:-5%")])
+    added = [r for r in rules if r.applies_to("b16.instructions_per_call")]
+    assert len(added) == 1 and added[0].threshold == pytest.approx(0.005) and added[0].worse_if_increase
+    mine = [RegressionCheck.parse("instructions_per_call:+2%")]
+    assert instructions.rules_with_default(mine) == mine
+
+
+def test_multi_process_scenarios_are_not_countable():
+    assert "2-process" in instructions.not_countable([Package("torch"), Processes(2)])
+    assert instructions.not_countable([Package("torch"), Processes(1)]) is None
+
+
+def test_counting_budget_fixes_samples_and_refuses_self_timed_contenders():
+    budget = instructions.counting_budget(PROFILES["quick"], self_timed=False)
+    assert budget.min_samples == budget.max_samples == instructions.SAMPLES
+    with pytest.raises(Skip, match="time themselves"):
+        instructions.counting_budget(PROFILES["quick"], self_timed=True)
+
+
+def test_a_step_too_long_to_count_is_skipped_with_its_estimate(monkeypatch):
+    monkeypatch.setattr(instructions, "MAX_REGION_S", 0.05)
+    instructions.check_affordable("fast_", lambda: None, calls=1)
+    with pytest.raises(Skip, match="too long to count"):
+        instructions.check_affordable("slow_", lambda: sum(range(2_000_000)), calls=1)
+
+
+def test_counted_outcome_replaces_times_and_skips_a_run_with_no_region(tmp_path):
+    outcome = {"status": "failed", "reason": "checks failed: harness.timer_overhead",
+               "metrics": [{"name": "step_time"}], "checks": [{"name": "harness.timer_overhead", "passed": False}]}
+    none = instructions.counted_outcome(outcome, tmp_path)
+    assert none["status"] == "skipped" and "no region to count" in none["reason"] and none["metrics"] == []
+    (tmp_path / "callgrind.out.1").write_text(dump_text("Client Request: mlsuite:5:", 500))
+    counted = instructions.counted_outcome(outcome, tmp_path)
+    assert counted["status"] == "ok" and [m["name"] for m in counted["metrics"]] == ["instructions_per_call"]
+
+
+def test_missing_compiler_is_a_clear_reason(monkeypatch, tmp_path):
+    monkeypatch.setattr(instructions, "compiler", lambda: None)
+    with pytest.raises(SuiteError, match="no C compiler"):
+        instructions.build_shim(tmp_path)
+
+
+needs_valgrind = pytest.mark.skipif(instructions.unavailable() is not None,
+                                    reason=f"{instructions.unavailable()}")
+
+
+@needs_valgrind
+def test_shim_builds_once_and_is_inert_without_valgrind(tmp_path):
+    built = instructions.build_shim(tmp_path)
+    assert built.exists() and instructions.build_shim(tmp_path) == built
+    import ctypes
+
+    shim = ctypes.CDLL(str(built))
+    assert shim.mlsuite_on_valgrind() == 0
+    with instructions.counted("x_", 1):  # client requests are no-ops natively
+        pass
+
+
+STEP = textwrap.dedent("""
+    import sys
+    from suite.profiles import PROFILES
+    from suite.timing import time_interleaved
+
+    extra = int(sys.argv[1])
+
+    def step():
+        total = 0
+        for i in range(3000 + extra):
+            total += i * i
+        return total
+
+    time_interleaved({"tiny_": step}, PROFILES["quick"])
+""")
+
+
+def count_tiny_step(folder: Path, extra: int) -> float:
+    """Run the tiny step under callgrind as a worker is run; its instructions per call."""
+    folder.mkdir()
+    script = folder / "step.py"
+    script.write_text(STEP)
+    command = instructions.valgrind_command([sys.executable, str(script), str(extra)],
+                                            folder / instructions.OUT_NAME)
+    env = instructions.worker_environment({"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)})
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (metric,) = instructions.metrics(instructions.read_dumps(folder))
+    assert metric.name == "tiny_instructions_per_call" and metric.n == instructions.SAMPLES // 5
+    return metric.value
+
+
+@pytest.mark.slow
+@needs_valgrind
+def test_a_tiny_step_counts_the_same_twice_and_a_planted_loop_is_caught(tmp_path):
+    first, second = count_tiny_step(tmp_path / "a", 0), count_tiny_step(tmp_path / "b", 0)
+    assert abs(second / first - 1) <= STATED_SPREAD, (first, second)
+    planted = count_tiny_step(tmp_path / "planted", 60)  # 2% more iterations of the loop
+    assert planted / first - 1 > 0.01, (first, planted)
