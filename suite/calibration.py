@@ -14,6 +14,7 @@ import json
 import math
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ def calibrate(records: list[Record], folder: Path) -> Path:
         raise SuiteError("nothing to calibrate: no records")
     machine = records[0].env.machine_id
     path = calibration_path(folder, machine)
-    stored = load(path) if path.exists() else {"machine_id": machine, "entries": {}}
+    stored: dict[str, Any] = load(path) if path.exists() else {"machine_id": machine, "entries": {}}
     for record in records:
         for metric in record.metrics:
             values = [v for v, run in zip(metric.run_values, record.runs) if not run.oversubscribed]
@@ -73,8 +74,8 @@ def calibrate(records: list[Record], folder: Path) -> Path:
             }
     stored.update(machine_id=machine, cpu_model=records[0].env.cpu_model, cpu_cores=records[0].env.cpu_cores,
                   updated_utc=datetime.now(UTC).isoformat(timespec="seconds"),
-                  method=f"{FLOOR_QUANTILE:g}th percentile of |A/A effect| over {SPLITS} splits "
-                         f"into two sides of R runs; spread = between-run standard deviation (log for positive metrics)")
+                  method=f"{FLOOR_QUANTILE:g}th percentile of |A/A effect| over {SPLITS} splits into two "
+                         f"sides of R runs; spread = between-run standard deviation (log for positive metrics)")
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")

@@ -418,7 +418,7 @@ def gate(baseline: list[Record], current: list[Record], rules: list[RegressionCh
     failures = [f"{r.scenario} {r.params}: {r.metric}.{r.stat} regressed ({describe_change(r)}; {r.rule}"
                 f"{', ' + r.detail if r.detail else ''})" for r in rows if r.regressed]
     base_by_key = {r.key: r for r in baseline}
-    known = []
+    known: list[str] = []
     for cur in current:
         base = base_by_key.get(cur.key)
         failed_before = {c.name for c in base.checks if not c.passed} if base else set()

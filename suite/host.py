@@ -24,17 +24,17 @@ def affinity() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-def cgroup_cpus() -> float | None:
+def cgroup_cpus(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     """The cgroup's CPU quota in cores (v2 `cpu.max`, v1 `cfs_quota_us`), None if unlimited."""
-    v2 = Path("/sys/fs/cgroup/cpu.max")
+    v2 = root / "cpu.max"
     try:
         if v2.exists():
             quota, period = v2.read_text().split()[:2]
             return None if quota == "max" else int(quota) / int(period)
-        v1 = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+        v1 = root / "cpu" / "cpu.cfs_quota_us"
         if v1.exists():
             quota_us = int(v1.read_text())
-            period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+            period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
             return None if quota_us < 0 else quota_us / period_us
     except (OSError, ValueError):
         return None

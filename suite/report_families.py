@@ -246,14 +246,15 @@ def p99(metric: Metric | None) -> tuple[float, bool] | None:
 
 
 def load_curve(record: Record) -> list[tuple[str, float, float, bool]]:
-    """(load point, throughput req/s, p99 latency s, p99 claimed) per load level, by throughput."""
+    """(load point, throughput req/s, p99 latency s, p99 claimed) per load level: closed loop
+    by concurrency, then open loop by offered rate."""
     curve = []
     for metric in record.metrics:
         match = LOAD_POINT.match(metric.name)
         tail = p99(record.metric(f"{match['point']}_latency")) if match else None
         if match and tail is not None:
             curve.append((match["point"], metric.value, *tail))
-    return sorted(curve, key=lambda point: point[1])
+    return sorted(curve, key=lambda point: (point[0].startswith("open"), int(point[0].lstrip("copen"))))
 
 
 def slo_seconds(record: Record) -> float | None:
@@ -292,15 +293,19 @@ def serving(records: list[Record]) -> Section:
         best_within = max(within, default=None)
         cell = Cell(f"{fmt(best_within[0])} at {best_within[1]}", best_within[0]) if best_within else Cell(
             "none within the SLO", 0.0, tone="bad")
-        if r.oversubscribed:
-            cell = Cell(cell.text, cell.value, ("oversubscribed",), cell.tone)
+        unstable = best_within is not None and f"closed@{best_within[1].lstrip('c')}" in r.provenance.get(
+            "unstable_points", [])
+        flags = ("unstable load point",) * unstable + ("oversubscribed",) * r.oversubscribed
+        cell = Cell(cell.text, cell.value, flags, cell.tone)
         table.rows.append([Cell(server, link=link), Cell(_batching(r)), Cell(machine_label(r.env)), cell,
                            metric_cell(r.metric("goodput"), r), metric_cell(r.metric("peak_throughput"), r),
                            metric_cell(r.metric("serving_efficiency"), r),
                            metric_cell(r.metric("cold_start_to_ready"), r),
                            metric_cell(r.metric("first_request"), r, MS), checks_cell(r)])
-        series.append(Series(label, [tp for _, tp, _, _ in curve], [tail * MS for _, _, tail, _ in curve],
-                             marked=[not claimed or (slo is not None and tail > slo) for _, _, tail, claimed in curve]))
+        closed = [point for point in curve if point[0].startswith("c")]
+        series.append(Series(label, [tp for _, tp, _, _ in closed], [tail * MS for _, _, tail, _ in closed],
+                             marked=[not claimed or (slo is not None and tail > slo)
+                                     for _, _, tail, claimed in closed]))
         if best_within and (best is None or best_within[0] > best[0]):
             best = (best_within[0], best_within[1], label)
     if best:
@@ -309,11 +314,12 @@ def serving(records: list[Record]) -> Section:
     section.tables.append(table)
     if series:
         slo_line = ("y", min(s for s in slos if s is not None) * MS, "p99 SLO") if any(slos) else None
-        section.plot = Plot("plot-serving", "Latency–throughput curves (closed loop cN, open loop openN)",
+        section.plot = Plot("plot-serving", "Latency–throughput curves, closed loop at concurrency 1 … N",
                             "throughput (req/s, higher is better)", "p99 latency (ms, lower is better, log scale)",
                             series=series, log_y=True, reference=slo_line,
-                            caption="One line per server and batching setting; hollow points: p99 above the SLO or "
-                                    "below its sample floor (not claimed).")
+                            caption="One line per server and batching setting, points in order of concurrency; "
+                                    "hollow points: p99 above the SLO or below its sample floor (not claimed). "
+                                    "Open-loop points are in the table's figures and each record.")
     section.notes.append("Throughput with p99 ≤ SLO is read off the curve (the highest load point whose p99 is within "
                          "the SLO); goodput as recorded is the scenario's own figure, which may also require a "
                          "stable load point.")
@@ -369,7 +375,7 @@ def monitoring(records: list[Record]) -> Section:
     section.tables.append(table)
     if series:
         section.plot = Plot("plot-monitoring", "Power curves of the drift detector (BH-corrected)",
-                            "shift (fraction of the window from the shifted sub-population)",
+                            "shift (the dataset's shift parameter, unitless; see each record's provenance)",
                             "power (fraction of windows flagged, higher is better)", series=series,
                             caption="Error bars: 95% CI over repetitions; at shift 0 the curve is the false-alarm "
                                     "rate.")

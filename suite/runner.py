@@ -8,6 +8,11 @@ between-run spread that a single run hides. Each worker is pinned to the least b
 with as many threads, and records what the host was doing. A crash, a hang or an exception
 becomes an `error` run and the session goes on; every finished run is kept in a side file,
 so an interrupted session resumes without redoing it.
+
+Nothing outlives a session, however it ends: workers die with the runner, a session holds
+an exclusive lock on its results file (a second one on the same file is refused), a line
+a crash cut off is moved aside, never dropped, and a retried `error` record is replaced
+atomically with the old one kept (`<results>.replaced`).
 """
 
 from __future__ import annotations

@@ -48,24 +48,6 @@ def test_requirements_ask_for_processes_on_cpu_and_gpus_on_cuda(scenarios) -> No
     assert Cuda(devices=2) in ddp_on_gpu and Package("deepspeed") not in ddp_on_gpu
 
 
-def test_interleaved_timing_takes_turns_within_the_budget() -> None:
-    from reference.distributed.scenarios import time_interleaved
-
-    calls: list[tuple[str, int]] = []
-
-    def runner(name: str, seconds: float):  # type: ignore[no-untyped-def]
-        def run(count: int) -> list[float]:
-            calls.append((name, count))
-            return [seconds] * count
-        return run
-
-    budget = Budget(warmup_calls=2, warmup_s=0.0, min_samples=10, max_samples=100, max_time_s=1e-9)
-    timed = time_interleaved({"a": runner("a", 0.1), "b": runner("b", 0.2)}, budget)
-    assert calls[:6] == [("a", 1), ("b", 1), ("a", 1), ("a", 1), ("b", 1), ("b", 1)]  # cold, then warm-up
-    assert [name for name, _ in calls[6:]] == ["a", "b"] * 3  # samples in turns of 4 until 10 are in
-    assert timed["a"] == (0.1, [0.1] * 12) and timed["b"] == (0.2, [0.2] * 12)
-
-
 def run_in_process(cls: type[registry.Scenario], params: dict) -> tuple[list, list, dict]:
     scenario = cls()
     ctx = RunContext(params=params, budget=TINY, profile="quick", seed=0)

@@ -186,7 +186,7 @@ def test_false_alarms_are_controlled_across_many_metrics() -> None:
     """40 A/A metrics with 3 runs each: the false-discovery control keeps 'regressed' away."""
     rng = np.random.default_rng(7)
     alarms = 0
-    for trial in range(40):
+    for _ in range(40):
         base = record(runs_of(0.01, int(rng.integers(1e6)), runs=3, between=0.02))
         cur = record(runs_of(0.01, int(rng.integers(1e6)), runs=3, between=0.02))
         alarms += not gate([base], [cur]).passed

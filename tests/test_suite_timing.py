@@ -57,3 +57,40 @@ def test_grouped_samples_do_not_claim_percentiles() -> None:
 
     metric = stats.summarize("t", "s", False, [0.001] * 700, calls_per_sample=4)
     assert metric.calls_per_sample == 4 and not any(p.claimed for p in metric.percentiles)
+
+
+def test_self_timed_contenders_take_turns_within_the_budget() -> None:
+    """Contenders that time themselves elsewhere (ranks, servers): a cold first call each,
+    warm-up by count, then samples in turns until every one has enough."""
+    from suite.timing import INTERLEAVE_CHUNK, time_interleaved
+
+    calls: list[tuple[str, int]] = []
+
+    def runner(name: str, seconds: float):  # type: ignore[no-untyped-def]
+        def run(count: int) -> list[float]:
+            calls.append((name, count))
+            return [seconds] * count
+        return run
+
+    budget = Budget(warmup_calls=2, warmup_s=0.0, min_samples=10, max_samples=100, max_time_s=1e-9)
+    timed = time_interleaved({"a": runner("a", 0.1), "b": runner("b", 0.2)}, budget, self_timed=True,
+                             first_call=True)
+    assert calls[:6] == [("a", 1)] * 3 + [("b", 1)] * 3  # cold, then two warm-up calls, each in turn
+    assert calls[6:] == [("a", INTERLEAVE_CHUNK), ("b", INTERLEAVE_CHUNK)] * 2
+    assert timed["a"].first_s == 0.1 and timed["a"].times == [0.1] * 10 and timed["b"].times == [0.2] * 10
+    assert timed["a"].clock == "host" and timed["a"].cpu_times is None
+
+
+def test_in_process_contenders_get_cpu_time_beside_wall_time() -> None:
+    from suite.timing import time_interleaved
+
+    budget = Budget(warmup_calls=1, warmup_s=0.0, min_samples=10, max_samples=10, max_time_s=1.0)
+    timed = time_interleaved({"busy": lambda: sum(range(20000)), "idle": lambda: time.sleep(0.005)}, budget)
+    busy, idle = timed["busy"], timed["idle"]
+    assert busy.cpu_times is not None and idle.cpu_times is not None
+    assert len(busy.cpu_times) == len(busy.times) == 10
+
+    def share(t):  # type: ignore[no-untyped-def]
+        return sum(t.cpu_times) / sum(t.times)
+
+    assert share(busy) > 5 * share(idle)  # computing uses CPU for its time, sleeping does not (load-proof)

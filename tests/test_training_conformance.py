@@ -125,3 +125,24 @@ def test_bf16_tracks_fp32_and_the_check_catches_a_frozen_optimizer(fp32_mlp_run:
 
     broken = conformance.train_to_convergence(workload, never_steps, 8)
     assert not passed(conformance.amp_tracks_fp32(fp32_mlp_run, broken))
+
+
+def test_conformance_numbers_do_not_depend_on_how_many_timed_steps_ran() -> None:
+    """Same seed, same numbers, bit for bit: the accuracy training starts from untouched
+    initial weights whatever the timing loop did before it."""
+    from suite import registry
+    from suite.context import RunContext
+    from suite.profiles import Budget
+
+    registry.discover()
+    accuracies = []
+    for samples in (5, 60):
+        budget = Budget(warmup_calls=1, warmup_s=0.0, min_samples=samples, max_samples=samples, max_time_s=1e-9,
+                        threads=1)
+        ctx = RunContext(params={"model": "mlp", "size": "small", "batch_size": 64, "device": "cpu", "epochs": 2},
+                         budget=budget, profile="quick", seed=0)
+        scenario = registry.get("training.baseline")()
+        scenario.setup(ctx)
+        metrics = {m.name: m for m in scenario.measure(ctx)}
+        accuracies.append((metrics["eval_accuracy"].value, tuple(scenario.run.loss_curve)))
+    assert accuracies[0] == accuracies[1]

@@ -25,7 +25,6 @@ from typing import Any
 from reference.distributed.zero_stages import STAGES
 from suite import stats, timing
 from suite.context import RunContext
-from suite.profiles import Budget
 from suite.registry import Scenario, scenario
 from suite.requirements import Cuda, Package, Processes, Requirement
 from suite.schema import Check, Metric
@@ -36,36 +35,12 @@ MAX_REPLICATES = 2
 
 TORCH = Package("torch")
 DEEPSPEED = Package("deepspeed")
-STEP_CHUNK = 4  # timed steps per request to the ranks (their samples come back one per step)
 CHECK_STEPS = 5  # AdamW steps of the equivalence check
 GRID: dict[str, list[Any]] = {"device": ["cpu"], "size": ["small"], "micro_batch": [32], "world_sizes": [[1, 2]]}
 GPU: dict[str, list[Any]] = {"device": ["cuda"], "size": ["base"], "micro_batch": [256], "world_sizes": [[1, 2]]}
 
 
-StepRunner = Callable[[int], list[float]]  # run n steps, get their times
-
-
-def time_interleaved(runners: dict[str, StepRunner], budget: Budget) -> dict[str, tuple[float, list[float]]]:
-    """For each target: the first step (cold), warm-up by count and time, then samples by
-    the harness's budget rules, taken in turn a few steps at a time. Interleaving puts every
-    target's samples in the same stretch of time, so ratios between them (overhead vs DDP,
-    scaling efficiency) are not skewed by load that drifts on a shared machine."""
-    firsts = {name: run(1)[0] for name, run in runners.items()}
-    for run in runners.values():
-        calls, started = 0, time.perf_counter()
-        while calls < budget.warmup_calls or time.perf_counter() - started < budget.warmup_s:
-            calls += len(run(1))
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    started = time.perf_counter()
-
-    def enough(times: list[float]) -> bool:
-        return len(times) >= budget.max_samples or (
-            len(times) >= budget.min_samples and time.perf_counter() - started >= budget.max_time_s)
-
-    while pending := [name for name, times in samples.items() if not enough(times)]:
-        for name in pending:
-            samples[name] += runners[name](min(STEP_CHUNK, budget.max_samples - len(samples[name])))
-    return {name: (firsts[name], samples[name]) for name in runners}
+StepRunner = Callable[[int], list[float]]  # run n steps on the ranks, get their times
 
 
 class DistributedScenario(Scenario):
@@ -137,7 +112,9 @@ class DistributedScenario(Scenario):
             if self.micro_batch % largest:
                 raise ValueError(f"strong scaling needs micro_batch {self.micro_batch} divisible by {largest}")
             runners[f"p{largest}.strong."] = self._runner(largest, self.name, self.micro_batch // largest)
-        timed = time_interleaved(runners, ctx.budget)
+        # Every target takes turns in the same stretch of time (the harness's one interleaving
+        # primitive), so overhead vs DDP and scaling efficiency are not skewed by drifting load.
+        timed = timing.time_interleaved(runners, ctx.budget, self_timed=True, first_call=True)
         overhead = timing.timer_overhead("host")  # what the ranks' perf_counter pair adds to a sample
         per_rank = self.micro_batch * self.accumulation
         metrics: list[Metric] = []
@@ -146,18 +123,19 @@ class DistributedScenario(Scenario):
             metrics += [stats.scalar(prefix + "launch_s", "s", False, start["launch_s"], kind="cold"),
                         stats.scalar(prefix + "rendezvous_s", "s", False, start["rendezvous_s"], kind="cold"),
                         stats.scalar(prefix + "setup_s", "s", False, start["setup_s"][self.name], kind="cold")]
-            for label, (first, samples) in timed.items():
+            for label, result in timed.items():
+                first, samples = result.first_s, result.times
                 if label.startswith(prefix):
                     global_batch = per_rank * (1 if label.endswith("strong.") else world)
                     metrics += [stats.scalar(label + "first_step_s", "s", False, first, kind="cold"),
                                 stats.summarize(label + "step_time", "s", False, samples, overhead=overhead),
                                 stats.throughput(label + "throughput", "samples/s", global_batch, samples)]
             if self.name != "ddp":
-                metrics.append(stats.ratio_of_medians(prefix + "overhead_vs_ddp", timed[prefix][1],
-                                                      timed[f"{prefix}ddp."][1], higher_is_better=False))
+                metrics.append(stats.ratio_of_medians(prefix + "overhead_vs_ddp", timed[prefix].times,
+                                                      timed[f"{prefix}ddp."].times, higher_is_better=False))
             metrics += self._memory_metrics(prefix, world)
         if scaling:
-            one, many, strong = timed["p1."][1], timed[f"p{largest}."][1], timed[f"p{largest}.strong."][1]
+            one, many, strong = timed["p1."].times, timed[f"p{largest}."].times, timed[f"p{largest}.strong."].times
             metrics += [stats.ratio_of_medians("weak_scaling_efficiency", one, many),
                         stats.ratio_of_medians("strong_scaling_efficiency", one, [largest * t for t in strong])]
             ctx.provenance["scaling"] = {
