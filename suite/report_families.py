@@ -307,10 +307,10 @@ def serving(records: list[Record]) -> Section:
                              marked=[not claimed or (slo is not None and tail > slo)
                                      for _, _, tail, claimed in closed]))
         if best_within and (best is None or best_within[0] > best[0]):
-            best = (best_within[0], best_within[1], label)
+            best = (best_within[0], best_within[1], label, cell)
     if best:
         section.answers.append(f"Most throughput with p99 within the SLO: {best[2]}: {fmt(best[0])} req/s "
-                               f"(at load point {best[1]}).")
+                               f"(at load point {best[1]}){_marks(best[3])}.")
     section.tables.append(table)
     if series:
         slo_line = ("y", min(s for s in slos if s is not None) * MS, "p99 SLO") if any(slos) else None
