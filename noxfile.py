@@ -114,7 +114,8 @@ def mutate(session: nox.Session) -> None:
 
     Runs in a copy of the working tree (mutmut writes mutants/ next to the code). Each module's
     mutants meet only the tests that import it (and, inside those, mutmut runs only the tests
-    that reach the mutated function); slow, serving, distributed and GPU tests are left out.
+    that reach the mutated function); slow, distributed and GPU tests are left out (the
+    serving unit tests stay: they are what covers the cache and the batcher).
     Prints the kill rate per module and writes it, with every surviving mutant, to
     <session tmp>/mutate/kill-rates.json. `--no-venv --no-install` reuses this interpreter."""
     import json
@@ -137,8 +138,8 @@ def mutate(session: nox.Session) -> None:
         session.error(f"no test imports any of {modules}")
     config = {"source_paths": ["suite", "reference"], "only_mutate": modules, "also_copy": ["benchmarks"],
               "pytest_add_cli_args_test_selection": tests,
-              "pytest_add_cli_args": ["-p", "no:cacheprovider", "-m", "not slow and not serving and not distributed "
-                                      "and not gpu", "--benchmark-disable"]}
+              "pytest_add_cli_args": ["-p", "no:cacheprovider", "-m", "not slow and not distributed and not gpu",
+                                      "--benchmark-disable"]}
     with (work / "pyproject.toml").open("a") as pyproject:
         pyproject.write("\n[tool.mutmut]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
     session.log(f"mutating {modules} against {tests}")
