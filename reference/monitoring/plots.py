@@ -15,8 +15,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from suite.compare import load_many
-from suite.schema import Metric, Record
+from suite.schema import Metric, Record, load_many
 
 CORRECTION_LABELS = {"false_alarm_rate_uncorrected": "uncorrected", "fwer_bonferroni": "Bonferroni",
                      "fdr_bh": "Benjamini-Hochberg"}

@@ -125,17 +125,20 @@ class DriftThroughput(Scenario):
 
         from reference.monitoring import conformance, correction
         from reference.monitoring.chi2 import chi2_homogeneity
+        from reference.monitoring.drift import DriftDetector
         from reference.monitoring.ks import ks_2samp_columns
 
         levels = np.random.default_rng(ctx.seed).integers(0, 6, size=(2, 400, 50))
         counts = (levels[..., None] == np.arange(6)).sum(axis=1)  # (window, feature, category)
         return [*conformance.ks_matches_scipy(ks_2samp_columns, self.reference, self.current, self.scipy_result),
+                conformance.detector_matches_columns_ks(DriftDetector, self.reference, self.current),
                 conformance.chi2_matches_scipy(chi2_homogeneity, counts[0], counts[1]),
                 conformance.bh_matches_scipy(correction.adjust, self.scipy_result[1])]
 
 
 @scenario("monitoring.drift.fpr", grid={"features": [1, 10, 100, 500], "rows": [200], "repetitions": [1000]},
-          profiles={"quick": {"rows": [100], "repetitions": [200]}}, requires=NUMERIC, timeout_s=1800)
+          profiles={"quick": {"rows": [100], "repetitions": [200]}}, requires=NUMERIC, timeout_s=1800,
+          max_replicates=1)  # seeded rates over trials: every run gives the same numbers
 class DriftFalseAlarms(Scenario):
     """How often a window with no drift raises an alarm: uncorrected, Bonferroni, BH; for
     numeric features (exact KS) and 4-level categorical ones (chi-square)."""
@@ -193,7 +196,8 @@ POWER_DESIGN: dict[str, tuple[list[float], list[int], tuple[float, int]]] = {
 
 
 @scenario("monitoring.drift.power", grid={"dataset": list(POWER_DESIGN), "repetitions": [1000]},
-          profiles={"quick": {"repetitions": [100]}}, requires=NUMERIC, timeout_s=1800)
+          profiles={"quick": {"repetitions": [100]}}, requires=NUMERIC, timeout_s=1800,
+          max_replicates=1)  # seeded rates over trials: every run gives the same numbers
 class DriftPower(Scenario):
     """Detection rate (any feature, BH) against shift size and window size."""
 
@@ -231,7 +235,8 @@ class DriftPower(Scenario):
 
 
 @scenario("monitoring.drift.multivariate", grid={"window": [200, 400], "repetitions": [100]},
-          profiles={"quick": {"window": [400], "repetitions": [20]}}, requires=NUMERIC, timeout_s=1800)
+          profiles={"quick": {"window": [400], "repetitions": [20]}}, requires=NUMERIC, timeout_s=1800,
+          max_replicates=1)  # seeded rates over trials: every run gives the same numbers
 class DriftMultivariate(Scenario):
     """A correlation appears between two features while every marginal stays N(0, 1): MMD
     should see it, per-feature tests cannot."""
