@@ -20,6 +20,7 @@ CHECK_IDS = (
     "drift.ks_method_as_scipy",
     "drift.ks_statistic_equals_scipy",
     "drift.ks_pvalue_equals_scipy",
+    "drift.detector_ks_equals_columns_ks",
     "drift.chi2_pvalue_equals_scipy",
     "drift.bh_equals_scipy",
     "drift.<correction>_within_alpha",
@@ -274,3 +275,26 @@ def mmd_calibrated_and_powerful(results: Sequence[Any], alpha: float) -> list[Ch
                             0.8 if strongest.window >= 400 else 0.3, "power bound",
                             f"rho {strongest.correlation}, window {strongest.window}; per-feature "
                             f"tests: {strongest.per_feature.value:.3f}")]
+
+
+def detector_matches_columns_ks(make_detector: Callable[[np.ndarray], Any], reference: np.ndarray,
+                                current: np.ndarray) -> Check:
+    """The detector's own per-feature KS (its fitted sorted reference, cut to the columns
+    that can be tested) equals ks_2samp_columns on those columns, which the scipy check
+    vouches for: the detector path the drift scenario times is a checked path. Column 0 of
+    `current` gets a NaN, so the cut (SortedReference.subset) runs."""
+    from reference.monitoring.ks import ks_2samp_columns
+
+    current = np.array(current, dtype=np.float64)
+    current[0, 0] = np.nan
+    report = make_detector(reference).test(current)
+    tested = [f for f in report.features if f.test == "ks" and np.isfinite(f.statistic)]
+    plain = ks_2samp_columns(reference[:, 1:], current[:, 1:])
+    if len(tested) != plain.statistic.size:
+        return checks.holds("drift.detector_ks_equals_columns_ks", False, "ks_2samp_columns on the testable columns",
+                            f"detector tested {len(tested)} features, expected {plain.statistic.size}")
+    worst = max(float(np.max(np.abs(np.array([f.statistic for f in tested]) - plain.statistic))),
+                float(np.max(np.abs(np.array([f.p_value for f in tested]) - plain.pvalue))))
+    return checks.at_most("drift.detector_ks_equals_columns_ks", worst, PVALUE_TOLERANCE,
+                          "ks_2samp_columns on the testable columns",
+                          f"largest |difference| of D or p over {len(tested)} features, column 0 untestable")
