@@ -94,3 +94,14 @@ def test_a_second_cluster_in_the_same_process_is_refused(cluster) -> None:  # ty
     with pytest.raises(RuntimeError, match="already connected"):
         with ray_cluster.loopback_cluster():
             pass
+
+
+@pytest.mark.breaks("tuning.ray.cluster.asha.stopped_early")
+def test_a_scheduler_that_never_stops_a_trial_is_caught(cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Planted bug: FIFO scheduling while ASHA is claimed (every trial runs to max_t)."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    outcome = run_asha(tmp_path, FIFOScheduler())
+    found = conformance.asha_stops_at_rungs("tuning.ray.cluster.asha", [t.stopped_at for t in outcome.trials],
+                                            ASHA.rungs(), ASHA.max_t)
+    assert found[0].passed and not found[1].passed

@@ -18,6 +18,7 @@ address nodes use to reach each other, but Ray 2.60's GCS and raylets bind every
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -26,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 120.0
 DRAIN_TIMEOUT_S = 45.0  # Ray drains a node for up to 30 s on SIGTERM
 OBJECT_STORE_BYTES = 100 * 1024 * 1024  # per node: the trials pass no large objects
+AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
 @dataclass
@@ -94,6 +96,35 @@ def _stop(node: subprocess.Popen[bytes]) -> None:
     node.wait()
 
 
+@contextmanager
+def token_auth(token: str) -> Iterator[None]:
+    """Ray's token authentication with this cluster's own token, for every node started
+    meanwhile and for this driver. Ray 2.60 turns token auth on by itself whenever
+    ~/.ray/auth_token exists (any earlier local ray.init() writes one), and a node or driver
+    that disagrees about it cannot join; a token of our own removes the guesswork and keeps
+    strangers off a cluster that listens on every interface."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    saved = {name: os.environ.get(name) for name in AUTH_VARIABLES}
+
+    def reload() -> None:  # Ray caches the mode and the token per process
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    reload()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        reload()
+
+
 def alive_nodes() -> list[str]:
     return [n["NodeID"] for n in ray.nodes() if n["Alive"]]
 
@@ -112,7 +143,6 @@ def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1) -> Iterator[Loopbac
     root = Path(tempfile.mkdtemp(prefix="mlsuite-rayc-"))  # short: Ray's socket paths are length-limited
     port = _free_port()
     cluster = LoopbackCluster(address=f"{LOOPBACK}:{port}", session_root=root, cpus_per_node=cpus_per_node)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     started: list[subprocess.Popen[bytes]] = []
     logs: list[Path] = []
 
@@ -122,7 +152,10 @@ def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1) -> Iterator[Loopbac
             started.append(subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=root))
 
     began = time.perf_counter()
-    try:
+    with ExitStack() as stack:
+        stack.enter_context(token_auth(secrets.token_hex(32)))
+        stack.callback(_stop_all, started, root, cluster)
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
         launch(_ray_start("--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats",
                           cpus=cpus_per_node, root=root), "head")
         _wait_for(lambda: _gcs_up(port), "head start", started, logs)
@@ -134,12 +167,14 @@ def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1) -> Iterator[Loopbac
         cluster.start_s = time.perf_counter() - began
         cluster.node_ids = sorted(alive_nodes(), key=lambda n: n not in head_nodes())
         yield cluster
-    finally:
-        ray.shutdown()
-        for node in reversed(started):  # workers first, the head (GCS) last
-            _stop(node)
-        cluster.reaped = _reap(root)
-        shutil.rmtree(root, ignore_errors=True)
+
+
+def _stop_all(started: list[subprocess.Popen[bytes]], root: Path, cluster: LoopbackCluster) -> None:
+    ray.shutdown()
+    for node in reversed(started):  # workers first, the head (GCS) last
+        _stop(node)
+    cluster.reaped = _reap(root)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def listening_addresses(session_root: Path) -> set[str]:
