@@ -189,25 +189,34 @@ def _report(name: str, payload: dict) -> None:  # type: ignore[type-arg]
         path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def test_kill_9_of_runner_worker_or_server_loses_nothing_and_leaves_nothing(tmp_path: Path) -> None:
-    trials = [run_trial(seed, tmp_path / f"trial-{seed}") for seed in range(TRIALS)]
-    summary = {
-        "trials": len(trials), "records_lost": sum(t.lost for t in trials),
-        "duplicates": sum(t.duplicates for t in trials), "orphans": sum(len(t.orphans) for t in trials),
-        "leftover_paths": sum(len(t.leftover_paths) for t in trials),
-        "resumes_failed": sum(t.resume_exit != 0 for t in trials),
-        "incomplete": sum(t.final_records != EXPECTED_RECORDS for t in trials),
-        "records_finished_before_the_fault": sum(t.finished_before for t in trials),
-        "victims": {v: sum(t.victim == v for t in trials) for v in ("runner", "worker", "server")},
-        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
-        "per_trial": [asdict(t) for t in trials],
-    }
-    _report("kill_9", summary)
-    bad = [t for t in trials if t.lost or t.duplicates or t.orphans or t.leftover_paths or t.resume_exit != 0
-           or t.final_records != EXPECTED_RECORDS]
-    assert not bad, json.dumps([asdict(t) for t in bad], indent=1)[:4000]
-    assert summary["records_finished_before_the_fault"] > 0  # some faults struck after records were written
-    assert all(t.killed and not t.killed.startswith("no") for t in trials if t.victim == "runner")
+def _report_trial(trial: Trial) -> None:
+    """Add the trial to the kill -9 summary, totals recomputed over every trial so far."""
+    target = os.environ.get("MLSUITE_FAULTS_REPORT")
+    existing = json.loads(Path(target).read_text()).get("kill_9", {}) if target and Path(target).exists() else {}
+    trials = {t["seed"]: t for t in existing.get("per_trial", [])}
+    trials[trial.seed] = asdict(trial)
+    done = sorted(trials.values(), key=lambda t: t["seed"])
+    _report("kill_9", {
+        "trials": len(done), "records_lost": sum(t["lost"] for t in done),
+        "duplicates": sum(t["duplicates"] for t in done), "orphans": sum(len(t["orphans"]) for t in done),
+        "leftover_paths": sum(len(t["leftover_paths"]) for t in done),
+        "resumes_failed": sum(t["resume_exit"] != 0 for t in done),
+        "incomplete": sum(t["final_records"] != EXPECTED_RECORDS for t in done),
+        "records_finished_before_the_fault": sum(t["finished_before"] for t in done),
+        "victims": {v: sum(t["victim"] == v for t in done) for v in ("runner", "worker", "server")},
+        "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3],
+        "per_trial": done,
+    })
+
+
+@pytest.mark.parametrize("seed", range(TRIALS))
+def test_kill_9_of_runner_worker_or_server_loses_nothing_and_leaves_nothing(tmp_path: Path, seed: int) -> None:
+    trial = run_trial(seed, tmp_path)
+    _report_trial(trial)
+    assert (trial.lost, trial.duplicates, trial.orphans, trial.leftover_paths) == (0, 0, [], []), asdict(trial)
+    assert trial.resume_exit == 0 and trial.final_records == EXPECTED_RECORDS, asdict(trial)
+    if trial.victim == "runner":
+        assert trial.killed == "runner group"
 
 
 def _cut_run(tmp_path: Path) -> tuple[Sandbox, Path, bytes]:

@@ -16,7 +16,7 @@ def processes_with(marker: str) -> dict[int, str]:
         try:
             if marker.encode() not in (entry / "environ").read_bytes():
                 continue
-            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            if (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z":
                 continue
             found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, IndexError):
