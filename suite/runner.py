@@ -35,7 +35,7 @@ from typing import Any, TextIO
 
 import suite
 from reference.lifeline import Lifeline
-from suite import host, leftovers, registry, stats
+from suite import host, instructions, leftovers, registry, stats
 from suite.environment import fingerprint, git_state
 from suite.errors import SuiteError
 from suite.profiles import Budget
@@ -119,7 +119,11 @@ def run_worker(header: RunHeader, cls: type[registry.Scenario], params: dict[str
     however this process dies (a parent-death signal, and a lifeline watcher for its
     group), and what it left in the temp dir is removed when it ends. Returns its
     outcome: status, reason, metrics, checks, provenance, host state and duration."""
-    cpus = host.choose_cpus(header.budget.threads)
+    counting = instructions.requested()  # `--count instructions`: under callgrind, one thread, no conformance
+    if counting and (skip := instructions.unavailable() or instructions.not_countable(cls().requirements(params))):
+        return {"status": Status.skipped.value, "reason": skip, "duration_s": 0.0}
+    conformance = conformance and not counting
+    cpus = host.choose_cpus(1 if counting else header.budget.threads)
     with leftovers.job_folder() as tmp:
         job, result, log = Path(tmp, "job.json"), Path(tmp, "result.json"), Path(tmp, "log.txt")
         job.write_text(json.dumps({
@@ -134,10 +138,14 @@ def run_worker(header: RunHeader, cls: type[registry.Scenario], params: dict[str
             return {"status": Status.error.value, "reason": reason, "duration_s": time.perf_counter() - start}
 
         with log.open("w") as log_handle:
+            command = [sys.executable, "-m", "suite.worker", str(job), str(result)]
+            env = _thread_environment(len(cpus), header.root)
+            if counting:
+                command = instructions.valgrind_command(command, Path(tmp, instructions.OUT_NAME))
+                env = instructions.worker_environment(env)
             process = subprocess.Popen(
-                [sys.executable, "-m", "suite.worker", str(job), str(result)],
-                stdout=log_handle, stderr=subprocess.STDOUT, start_new_session=True,
-                env=_thread_environment(len(cpus), header.root), cwd=header.root,
+                command, stdout=log_handle, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                cwd=header.root,
             )
             lifeline = Lifeline(process.pid)
             try:
@@ -154,6 +162,8 @@ def run_worker(header: RunHeader, cls: type[registry.Scenario], params: dict[str
         if not result.exists():
             return failed(f"worker exited with code {code} and no result: {_tail(log)}")
         outcome = json.loads(result.read_text())
+        if counting:
+            outcome = instructions.counted_outcome(outcome, Path(tmp))
         outcome["duration_s"] = time.perf_counter() - start
         return outcome
 
