@@ -103,7 +103,7 @@ def token_auth(token: str) -> Iterator[None]:
     ~/.ray/auth_token exists (any earlier local ray.init() writes one), and a node or driver
     that disagrees about it cannot join; a token of our own removes the guesswork and keeps
     strangers off a cluster that listens on every interface."""
-    from ray._raylet import AuthenticationTokenLoader, Config
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
     saved = {name: os.environ.get(name) for name in AUTH_VARIABLES}
 
