@@ -331,3 +331,26 @@ def test_the_sweep_removes_only_what_dead_runners_left(tmp_path: Path) -> None:
     removed = leftovers.sweep(tmp_path)
     assert sorted(removed) == sorted([noted, theirs])
     assert mine.exists() and other.exists() and outside.exists() and not noted.exists()
+
+
+def test_a_worker_notes_the_temporary_paths_it_makes_in_the_temp_dir_only(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from suite import leftovers
+
+    ledger, nested = tmp_path / "ledger", tmp_path / "nested"
+    nested.mkdir()
+    code = (f"import tempfile; from suite import leftovers; leftovers.note_temporary_paths({str(ledger)!r}); "
+            "tempfile.mkdtemp(prefix='a-'); tempfile.NamedTemporaryFile(prefix='b-', delete=False); "
+            "tempfile.TemporaryDirectory(prefix='c-').cleanup(); "
+            f"tempfile.mkdtemp(dir={str(nested)!r})")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "TMPDIR": str(tmp_path)},
+                   cwd=Path(__file__).parent.parent)
+    noted = [Path(line) for line in ledger.read_text().splitlines()]
+    assert [p.name[:2] for p in noted] == ["a-", "b-", "c-"] and all(p.parent == tmp_path for p in noted)
+    job = tmp_path / f"{leftovers.JOB_PREFIX}1-x"
+    job.mkdir()
+    ledger.rename(job / leftovers.LEDGER)
+    assert sorted(leftovers.remove_noted(job)) == sorted(p for p in noted if not p.name.startswith("c-"))
+    assert not any(p.exists() for p in noted) and len(list(nested.iterdir())) == 1
