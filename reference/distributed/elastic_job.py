@@ -24,6 +24,7 @@ from typing import Any
 import psutil
 
 from reference.distributed import elastic, launch
+from reference.lifeline import preexec
 
 ENTRY = "reference.distributed.elastic"
 MONITOR_INTERVAL_S = 0.5
@@ -118,7 +119,7 @@ def run_elastic(config: elastic.ElasticConfig, workdir: Path, *, nodes: int = 2,
                 agents.append(subprocess.Popen(
                     agent_command(endpoint, rdzv_id, hosts_store=index == 0, nnodes=f"1:{nodes}", entry=entry,
                                   entry_args=entry_args(config, out)),
-                    stdout=sink, stderr=subprocess.STDOUT, env=_environment(), cwd=cwd))
+                    stdout=sink, stderr=subprocess.STDOUT, env=_environment(), cwd=cwd, preexec_fn=preexec()))
         if kill_after_step is not None:
             while (steps_before := sum(e["event"] == "step" for e in elastic.read_events(directory))) < kill_after_step:
                 if time.monotonic() > deadline or any(a.poll() is not None for a in agents):

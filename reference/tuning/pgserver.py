@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from reference.lifeline import preexec
+
 LOOPBACK = "127.0.0.1"
 RUN_AS_WHEN_ROOT = "postgres"
 USER = "mlsuite"
@@ -152,7 +154,8 @@ def postgres_server(database: str = "optuna", settings: dict[str, str] | None = 
         command = [str(bindir / "postgres"), "-D", str(data), *(f"-c{k}={v}" for k, v in options.items())]
         with log.open("wb") as sink:
             process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd="/",
-                                       user=owner[0] if owner else None, group=owner[1] if owner else None)
+                                       user=owner[0] if owner else None, group=owner[1] if owner else None,
+                                       preexec_fn=preexec())  # dies with us, even if we are SIGKILLed
         _wait_ready(bindir, port, process, log)
         _run([str(bindir / "createdb"), "-h", LOOPBACK, "-p", str(port), "-U", USER, database], None,
              env={**os.environ, "PGPASSWORD": password})

@@ -35,6 +35,7 @@ from typing import Any
 import psutil
 import ray
 
+from reference.lifeline import preexec
 from reference.tuning.ray_tune import _reap, _session_processes
 
 LOOPBACK = "127.0.0.1"
@@ -149,7 +150,8 @@ def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1) -> Iterator[Loopbac
     def launch(command: list[str], name: str) -> None:
         logs.append(root / f"{name}.log")
         with logs[-1].open("wb") as sink:
-            started.append(subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=root))
+            started.append(subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=root,
+                                            preexec_fn=preexec()))
 
     began = time.perf_counter()
     with ExitStack() as stack:
