@@ -50,10 +50,13 @@ def bench_gpu(session: nox.Session) -> None:
 
 
 # asv times a benchmark in 2 rounds of up to 5 samples or 10 s per parameter point by default,
-# setting it up again in each round: the last two commits x 27 benchmarks (~285 points) were
-# stopped at 41% after 12 minutes on 2 cores. One round of at most 5 samples or 2 s per point
-# keeps the default comparison within 15 minutes; `nox -s asv -- ...` passes anything else.
-ASV_BUDGET = ("-a", "rounds=1", "-a", "repeat=1,5,2.0")
+# starting a fresh interpreter for every point (each imports torch and the registry) and
+# setting the benchmark up again in each round: the last two commits x 27 benchmarks (~285
+# points each) were stopped at 41% after 12 minutes on 2 cores. The default comparison takes
+# one round of at most 5 samples or 2 s per point, forked from one process that imported the
+# suite once (14 points that only import and skip: 41-46 s spawned vs 12-21 s forked, load
+# ~11). `nox -s asv -- ...` passes anything else.
+ASV_BUDGET = ("-a", "rounds=1", "-a", "repeat=1,5,2.0", "--launch-method", "forkserver")
 
 
 @nox.session
