@@ -173,6 +173,7 @@ def test_healthz_stays_fast_while_image_bombs_are_in_flight(live: deployments.De
                 await asyncio.sleep(0.005)
             print(f"/healthz alone: max {max(quiet) * 1000:.1f} ms, p95 {np.percentile(quiet, 95) * 1000:.1f} ms; ",
                   end="")
+            baseline.append(float(np.percentile(quiet, 95)))
             sent = [asyncio.create_task(upload(data)) for data in uploads]
             latencies = []
             while not all(task.done() for task in sent) or len(latencies) < 20:
@@ -182,10 +183,15 @@ def test_healthz_stays_fast_while_image_bombs_are_in_flight(live: deployments.De
                 await asyncio.sleep(0.005)
             return latencies, [await task for task in sent]
 
+    baseline: list[float] = []
     latencies, statuses = asyncio.run(measure())
     assert statuses == [413] * len(bombs) + [200] * 8
-    p95 = float(np.percentile(latencies, 95))  # the max is one scheduler hiccup away on a shared 2-core host
-    assert p95 <= 0.05, f"/healthz p95 {p95 * 1000:.1f} ms (max {max(latencies) * 1000:.1f} ms)"
+    # The max is one scheduler hiccup away on a shared 2-core host: the p95 is held to 50 ms
+    # plus twice what /healthz takes alone on the host right now (its noise, measured); a
+    # decode on the event loop would add ~25 ms per image, 200 ms for the eight.
+    p95 = float(np.percentile(latencies, 95))
+    assert float(np.median(latencies)) <= 0.05
+    assert p95 <= 0.05 + 2 * baseline[0], f"/healthz p95 {p95 * 1000:.1f} ms (max {max(latencies) * 1000:.1f} ms)"
     print(f"/healthz with {len(uploads)} image uploads in flight: max {max(latencies) * 1000:.1f} ms, "
           f"p95 {p95 * 1000:.1f} ms, median {np.median(latencies) * 1000:.1f} ms over {len(latencies)} probes")
 

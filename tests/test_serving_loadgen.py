@@ -417,7 +417,7 @@ def interleaved_ratio(adapter: HttpJsonAdapter, tool: str, url: str, rounds: int
 
 
 @pytest.mark.slow
-@pytest.mark.breaks("loadgen.throughput_agrees_with_<tool>")
+@pytest.mark.breaks("loadgen.<quantity>_agrees_with_<tool>")
 @pytest.mark.parametrize("tool", ["wrk", "hey"])
 def test_external_tool_agreement_catches_a_slow_generator(tiny_server: TinyHttpServer, tool: str) -> None:
     import shutil

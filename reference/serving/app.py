@@ -48,7 +48,7 @@ Feature = Annotated[float, msgspec.Meta(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]  # JSO
 JSON, BINARY = "application/json", "application/octet-stream"
 Loader = Callable[[Path, int], models.Predictor]
 BatcherFactory = Callable[..., DynamicBatcher]
-IMAGE_THREADS = 2  # PNG decoding, off the event loop; at most this many at once
+IMAGE_THREADS = 1  # PNG decoding, off the event loop, one at a time (the loop keeps a core on 2)
 
 
 @dataclass(frozen=True)
