@@ -151,7 +151,9 @@ def regressions(records: list[Record], results_dir: Path) -> Section:
         baseline, current = newest_against_previous(group)
         label = f"{machine_label(current[0].env)}, profile {profile}"
         if not baseline:
-            section.answers.append(f"{label}: one run only, nothing to compare yet.")
+            runs = len({r.run_id for r in group})
+            section.answers.append(f"{label}: " + ("one run only, nothing to compare yet." if runs == 1 else
+                                                   "no earlier record of the newest run's configurations."))
             continue
         result = gate(baseline, current, floors=floors_for(results_dir / "calibration", machine))
         head = current[0].git
