@@ -44,6 +44,9 @@ MAX_REGION_S = 300.0
 # measured 1.5x on the digits MLP AdamW step (0.66 s -> ~1.0 s CPU per call; Valgrind
 # re-translates oneDNN's run-time code either way), more for plain Python.
 INSTRUMENTED_SLOWDOWN = 10.0
+# A counted worker's time limit is the scenario's times this: startup alone (imports, setup)
+# runs ~10x slower under Valgrind, and a starved niced worker was seen to need 4x its 900 s.
+TIMEOUT_FACTOR = 6
 
 SHIM_SOURCE = r"""
 #include <valgrind/callgrind.h>

@@ -149,7 +149,7 @@ def run_worker(header: RunHeader, cls: type[registry.Scenario], params: dict[str
             )
             lifeline = Lifeline(process.pid)
             try:
-                code = process.wait(timeout=cls.timeout_s)
+                code = process.wait(timeout=cls.timeout_s * (instructions.TIMEOUT_FACTOR if counting else 1))
             except subprocess.TimeoutExpired:
                 _kill_group(process)
                 return failed(f"timed out after {cls.timeout_s:.0f}s; last output: {_tail(log)}")
