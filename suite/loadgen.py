@@ -29,7 +29,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -434,7 +434,7 @@ class LoadSession:
     """One event loop (uvloop when present) and one adapter kept across load points, so
     points and interleaved windows reuse warm connections instead of opening new ones."""
 
-    def __init__(self, factory: Callable[[], Adapter], requests: Sequence[Any]) -> None:
+    def __init__(self, factory: Callable[[], Adapter], requests: Iterable[Any]) -> None:
         self._runner = asyncio.Runner(loop_factory=_loop_factory())
 
         async def make() -> tuple[Adapter, list[Any]]:

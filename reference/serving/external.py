@@ -12,12 +12,19 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from suite.httpclient import HttpJsonAdapter
+from typing import Any, Protocol
 
 TOOLS = ("wrk", "hey")
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+class HttpTarget(Protocol):
+    """What wrk and hey need of an adapter: where to POST, with which headers and body."""
+
+    url: str
+    headers: dict[str, str]
+
+    def encode(self, request: Any) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,7 @@ def parse_hey(text: str) -> ExternalResult:
                           sum(n for c, n in codes.items() if not 200 <= c < 300))
 
 
-def _command(tool: str, adapter: HttpJsonAdapter, body_path: Path, concurrency: int, seconds: int) -> list[str]:
+def _command(tool: str, adapter: HttpTarget, body_path: Path, concurrency: int, seconds: int) -> list[str]:
     if tool == "wrk":
         lines = ['wrk.method = "POST"', f'wrk.body = io.open("{body_path}", "rb"):read("*a")']
         lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in adapter.headers.items()]
@@ -61,7 +68,7 @@ def _command(tool: str, adapter: HttpJsonAdapter, body_path: Path, concurrency: 
     return [*command, adapter.url]
 
 
-def run_external(tool: str, adapter: HttpJsonAdapter, request: Any, concurrency: int, duration_s: float,
+def run_external(tool: str, adapter: HttpTarget, request: Any, concurrency: int, duration_s: float,
                  cpus: set[int] | None = None) -> ExternalResult:
     """Drive the adapter's endpoint with wrk (one thread, like our one event loop) or hey,
     on `cpus` when given."""
@@ -88,7 +95,7 @@ class ExternalSource:
     returns seconds per request (1 / throughput) of each; every run is kept."""
 
     tool: str
-    adapter: HttpJsonAdapter
+    adapter: HttpTarget
     request: Any
     concurrency: int
     seconds: float

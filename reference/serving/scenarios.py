@@ -308,8 +308,9 @@ class ServerScenario(Scenario):
             self._loop.run_until_complete(self._adapter.aclose())
             self._loop.close()
             del self._loop
-        if getattr(self, "deployment", None) is not None:
-            self.deployment.stop()
+        deployment = getattr(self, "deployment", None)
+        if deployment is not None:
+            deployment.stop()
             self.deployment = None
         if getattr(self, "subject", None) is not None:
             self.subject.cleanup()
@@ -507,6 +508,7 @@ class ServeLoadgen(Scenario):
             raise Skip(f"fastapi did not start: {exc}") from None
 
     def measure(self, ctx: RunContext) -> list[Metric]:
+        from reference.serving import adapters
         from reference.serving.external import ExternalSource
         from suite import loadgen, timing
 
@@ -519,8 +521,9 @@ class ServeLoadgen(Scenario):
             with loadgen.pinned(self.generator_cpus), \
                     loadgen.LoadSession(self.deployment.predict, [request]) as session:
                 self.ours = session.window_source(p["concurrency"], float(p["seconds"]))
-                self.theirs = ExternalSource(p["tool"], self.deployment.predict(), request, p["concurrency"],
-                                             p["seconds"], self.generator_cpus)
+                endpoint = adapters.rows_json(f"{self.deployment.base_url}/predict")  # what deployment.predict speaks
+                self.theirs = ExternalSource(p["tool"], endpoint, request, p["concurrency"], p["seconds"],
+                                             self.generator_cpus)
                 timed = timing.time_interleaved({"ours": self.ours, p["tool"]: self.theirs}, rounds, self_timed=True)
         finally:
             self.deployment.stop()
