@@ -1,4 +1,4 @@
-"""Regenerates results/README.md and results/index.html from every results file present.
+"""Regenerates results/README.md (+ RECORDS.md) and results/index.html from every results file present.
 
 The page answers a platform engineer's questions from the top of each section: one section
 per technique family (a summary table and a plot), then conformance failures, regression
@@ -17,12 +17,13 @@ from suite.errors import SuiteError
 from suite.report_families import family_sections
 from suite.report_history import history
 from suite.report_model import Cell, Column, Section, Source, Table, anchor, by_group, latest, machine_label, relative
-from suite.report_render import html_page, markdown
+from suite.report_render import html_page, markdown, records_markdown
 from suite.report_verdicts import conformance, machines, regressions
 from suite.schema import Record, load_records, read_text, write_json_schema
 
 NOT_LISTED = ("ab", "calibration")  # sub-folders of results/ that feed verdicts, not the listing
 PLOTS = "plots"  # sub-folder of results/ with the markdown's SVG plots
+RECORDS = "RECORDS.md"  # the markdown's folded listing of every record
 
 
 def ordinary_files(results_dir: Path) -> list[Path]:
@@ -108,10 +109,12 @@ def write_report(results_dir: Path) -> list[Path]:
              "Numbers: value [95% CI]. ⚠ marks a number to read with care: its CI is wider than ±10% of its value, "
              "or it was measured while the host was oversubscribed. Arrows in headers: ↑ higher is better, "
              "↓ lower is better. Family tables show the newest record of each machine, profile and configuration."]
-    written = [results_dir / "README.md", results_dir / "index.html", results_dir / "schema.json"]
+    written = [results_dir / "README.md", results_dir / RECORDS, results_dir / "index.html",
+               results_dir / "schema.json"]
     groups = record_groups(records, sources)
     table = sources_table(records, sources)
-    written[0].write_text(markdown(intro, table, sections, {p: f"{PLOTS}/{p}.svg" for p in svgs}, groups))
-    written[1].write_text(html_page(intro, table, sections, svgs, groups))
-    write_json_schema(written[2])
+    written[0].write_text(markdown(intro, table, sections, {p: f"{PLOTS}/{p}.svg" for p in svgs}, RECORDS))
+    written[1].write_text(records_markdown(groups))
+    written[2].write_text(html_page(intro, table, sections, svgs, groups))
+    write_json_schema(written[3])
     return [*written, *(plot_dir / f"{p}.svg" for p in svgs)]

@@ -113,7 +113,7 @@ def test_report_writes_markdown_html_and_schema(tmp_path: Path) -> None:
     (tmp_path / "run.jsonl").write_text(FROZEN.read_text())
     assert main(["report", "--results", str(tmp_path)]) == 0
     readme = (tmp_path / "README.md").read_text()
-    assert "<details id=\"r-" in readme and "pass 4/4" in readme
+    assert "](RECORDS.md#r-" in readme and "pass 4/4" in readme
     assert "<figure class='plot' id='plot-training'><svg" in (tmp_path / "index.html").read_text()
     assert json.loads((tmp_path / "schema.json").read_text())["title"] == "Record"
 

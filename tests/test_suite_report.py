@@ -5,6 +5,7 @@ the regressions section, change points that ignore a one-off spike."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -194,7 +195,10 @@ def test_markdown_links_its_plots_and_folds_every_record(tmp_path: Path) -> None
     plots = [p for p in written if p.suffix == ".svg"]
     assert len(plots) >= len(FAMILY_IDS) and all(f"](plots/{p.name})" in readme for p in plots)
     records = sum(len(load_records(p)) for p in ordinary_files(folder))
-    assert readme.count("<details id=") == records
+    listing = (folder / "RECORDS.md").read_text()
+    assert listing.count("<details>") == records and "](RECORDS.md#r-" in readme
+    assert all(f'<a id="{link[len("RECORDS.md#"):]}"></a>' in listing
+               for link in re.findall(r"\]\((RECORDS\.md#r-[^)]+)\)", readme))
     assert (folder / "index.html").read_text().count("<details id=") == records
 
 
