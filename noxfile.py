@@ -98,7 +98,7 @@ def calibrate(session: nox.Session) -> None:
 
 @nox.session
 def report(session: nox.Session) -> None:
-    """Regenerate results/README.md, results/index.html (+ results/plots/) and results/schema.json."""
+    """Regenerate results/README.md, RECORDS.md, index.html (+ plots/) and schema.json."""
     session.install("-e", ".[report]")
     session.run("mlsuite", "report", "--results", str(RESULTS))
 
