@@ -26,8 +26,9 @@ def planted_run(tmp_path_factory: pytest.TempPathFactory) -> list:
                    on_warning=warnings.append)
     finally:
         registry.restore(held)
-    assert warnings == ["scenario module tests.planted.broken.scenarios failed to import: "
-                        "ImportError: planted: this family's dependency is missing"]
+    assert [w for w in warnings if "failed to import" in w] == [  # (and maybe a sweep of killed runs' leftovers)
+        "scenario module tests.planted.broken.scenarios failed to import: "
+        "ImportError: planted: this family's dependency is missing"]
     return load_records(path)
 
 

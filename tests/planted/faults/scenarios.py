@@ -28,7 +28,7 @@ class Steps(Scenario):
         return metrics
 
 
-@scenario("faults.server", grid={"n": [1]}, profiles=QUICK, timeout_s=60)
+@scenario("faults.server", grid={"n": [1]}, profiles=QUICK, timeout_s=300)
 class Server(Scenario):
     """Never stopped by the scenario: its runner's clean-up must do it."""
 
