@@ -290,6 +290,7 @@ def test_graceful_drain_finishes_in_flight_requests(model_root: Path, tmp_path: 
 # --------------------------------------------------------------------------- planted bugs
 
 
+@pytest.mark.breaks("serving.outputs_match_eager")
 def test_outputs_check_catches_a_wrong_model(model_root: Path, reference_model: models.DigitsMLP) -> None:
     def noisy(directory: Path, threads: int) -> models.Predictor:
         predictor = models.load_version(directory, threads)
@@ -307,6 +308,7 @@ class ReversingBatcher(DynamicBatcher):
         super().__init__(lambda rows: infer(rows)[::-1].copy(), **kwargs)
 
 
+@pytest.mark.breaks("serving.batching_no_crosstalk")
 def test_crosstalk_check_catches_a_batcher_that_mixes_results(model_root: Path,
                                                                reference_model: models.DigitsMLP) -> None:
     with serve(model_root, make_batcher=ReversingBatcher) as server:
@@ -315,6 +317,7 @@ def test_crosstalk_check_catches_a_batcher_that_mixes_results(model_root: Path,
     assert "callers got outputs that are not their own" in check.detail
 
 
+@pytest.mark.breaks("serving.batch_equals_individual")
 def test_batch_check_catches_a_batch_dependent_model(model_root: Path) -> None:
     def normalises_over_the_batch(directory: Path, threads: int) -> models.Predictor:
         predictor = models.load_version(directory, threads)
@@ -333,6 +336,7 @@ def wrong_width(directory: Path, threads: int) -> models.Predictor:
     return models.Predictor(predictor.run, predictor.in_features - 1, predictor.fmt)
 
 
+@pytest.mark.breaks("serving.bad_input_4xx")
 def test_bad_input_check_catches_a_server_that_errors(model_root: Path, live: deployments.Deployment) -> None:
     with serve(model_root, load=wrong_width, in_features=63, warmup=False) as server:  # warm-up would fail
         cases = [deployments.BadCase(c.name, server.url("/predict"), c.body, c.content_type)
@@ -362,6 +366,7 @@ def test_fuzz_catches_a_server_that_errors(model_root: Path) -> None:
     assert any(" 500 " in error for error in server_errors)
 
 
+@pytest.mark.breaks("serving.metrics_match_client")
 def test_metrics_check_catches_a_counter_of_batches(live: deployments.Deployment) -> None:
     def batches() -> float:
         return deployments.counter_total(live.scrape(), "mlsuite_batches_total")
@@ -401,7 +406,10 @@ def test_versions_live_in_an_lru_cache(model_root: Path) -> None:
     assert ready["versions"] == ["3", "1"]
 
 
-@pytest.mark.parametrize("warmup", [True, False])
+@pytest.mark.parametrize("warmup", [
+    pytest.param(True, marks=pytest.mark.breaks("serving.no_warmup_when_off")),
+    pytest.param(False, marks=pytest.mark.breaks("serving.warmup_ran")),
+])
 def test_warmup_runs_before_ready_only_when_asked(model_root: Path, warmup: bool) -> None:
     with serve(model_root, warmup=warmup) as server:
         ready = httpx.get(server.url("/readyz")).json()

@@ -55,6 +55,23 @@ def test_inprocess_limit_runs_and_matches_eager() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.breaks("inprocess.outputs_match_eager")
+def test_inprocess_check_catches_a_wrong_model_file() -> None:
+    pytest.importorskip("torch")
+    from reference.serving import models
+
+    cls = registry.get("serving.inprocess")
+    params = {name: values[0] for name, values in {**cls.grid, **cls.profiles["quick"]}.items()}
+    ctx = RunContext(params=params, budget=TINY, profile="quick", seed=0)
+    instance = cls()
+    instance.setup(ctx)
+    honest = instance.predictor
+    instance.predictor = models.Predictor(lambda rows: honest(rows) * 1.001, honest.in_features, honest.fmt)
+    [check] = instance.check(ctx)
+    assert not check.passed and check.observed is not None and check.observed > 1e-5
+
+
+@pytest.mark.slow
 def test_fastapi_scenario_records_the_table_row_and_stops_its_server() -> None:
     pytest.importorskip("torch")
     pytest.importorskip("fastapi")
