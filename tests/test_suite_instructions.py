@@ -158,3 +158,21 @@ def test_a_tiny_step_counts_the_same_twice_and_a_planted_loop_is_caught(tmp_path
     assert abs(second / first - 1) <= STATED_SPREAD, (first, second)
     planted = count_tiny_step(tmp_path / "planted", 60)  # 2% more iterations of the loop
     assert planted / first - 1 > 0.01, (first, planted)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # two workers under Valgrind on a shared 2-core host
+@needs_valgrind
+def test_a_counted_run_records_instructions_per_call_instead_of_times(tmp_path, monkeypatch):
+    from suite.runner import run
+    from suite.schema import load_records
+
+    monkeypatch.setenv(instructions.MODE_ENV, instructions.MODE)
+    budget = PROFILES["quick"].model_copy(update={"replicates": 2})
+    path = run("planted.ok", "quick", budget, tmp_path, where={"n": "1"}, packages=("tests.planted",))
+    (record,) = load_records(path)
+    assert record.status.value == "ok", record.reason
+    assert [m.name for m in record.metrics] == ["instructions_per_call"]
+    first, second = record.metrics[0].run_values
+    assert abs(second / first - 1) <= STATED_SPREAD, (first, second)
+    assert record.checks == []  # conformance is the timed run's job
