@@ -37,6 +37,18 @@ except ProcessLookupError:
 """
 
 
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> None:
+    """Ask a process to stop with `sig` (its own clean shutdown), kill it if it has not
+    within `timeout_s`, and reap it."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.wait()
+
+
 def die_with_parent() -> None:
     """Ask the kernel to SIGKILL this process when its parent thread exits. For use as a
     `preexec_fn` (cheap: one system call) or at the start of a child's own main()."""

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from reference import lifeline
 from reference.lifeline import preexec
 
 LOOPBACK = "127.0.0.1"
@@ -99,13 +100,7 @@ def _run(command: list[str], owner: tuple[int, int] | None, env: dict[str, str] 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
     """Fast shutdown (SIGINT: roll back open transactions, close connections), then kill."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    process.wait()
+    lifeline.stop(process, signal.SIGINT, STOP_TIMEOUT_S)
 
 
 def _wait_ready(bindir: Path, port: int, process: subprocess.Popen[bytes], log: Path) -> None:

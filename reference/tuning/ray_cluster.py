@@ -35,6 +35,7 @@ from typing import Any
 import psutil
 import ray
 
+from reference import lifeline
 from reference.lifeline import preexec
 from reference.tuning.ray_tune import _reap, _session_processes
 
@@ -88,13 +89,7 @@ def _gcs_up(port: int) -> bool:
 
 
 def _stop(node: subprocess.Popen[bytes]) -> None:
-    if node.poll() is None:
-        node.send_signal(signal.SIGTERM)
-        try:
-            node.wait(timeout=DRAIN_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            node.kill()
-    node.wait()
+    lifeline.stop(node, signal.SIGTERM, DRAIN_TIMEOUT_S)
 
 
 @contextmanager
