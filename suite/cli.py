@@ -270,6 +270,9 @@ def report_gate(result) -> int:  # type: ignore[no-untyped-def]
     if result.failures:
         print(f"gate: FAILED ({len(result.failures)})")
         return EXIT_GATE_FAILED
+    if not result.comparisons:
+        print("gate: INCONCLUSIVE (nothing was compared: no metric present on both sides)")
+        return EXIT_INCONCLUSIVE
     if result.inconclusive:
         print(f"gate: INCONCLUSIVE ({len(result.inconclusive)} metric(s): the noise hides the threshold; "
               f"see the detectable effect and the runs it would take)")

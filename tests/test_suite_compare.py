@@ -191,3 +191,21 @@ def test_false_alarms_are_controlled_across_many_metrics() -> None:
         cur = record(runs_of(0.01, int(rng.integers(1e6)), runs=3, between=0.02))
         alarms += not gate([base], [cur]).passed
     assert alarms <= 1
+
+
+def test_instruction_counts_from_oversubscribed_runs_still_count() -> None:
+    def counted(values: list[float], flags: list[bool]):  # type: ignore[no-untyped-def]
+        runs = [stats.scalar("instructions_per_call", "instructions", False, v) for v in values]
+        metric = stats.combine_runs([m.model_copy(update={"clock": "callgrind"}) for m in runs])
+        return record(runs_of(0.01, 1, runs=len(values)), extra_metrics=[metric], oversubscribed=flags)
+
+    base = counted([7.9e6, 7.91e6, 7.905e6], [True] * 3)
+    cur = counted([8.12e6, 8.121e6, 8.119e6], [True] * 3)
+    rules = [RegressionCheck.parse("instructions_per_call:+0.5%")]
+    (row,) = [c for c in gate([base], [cur], rules).comparisons if c.metric == "instructions_per_call"]
+    assert row.verdict is Verdict.regressed
+
+
+def test_a_scenario_broken_on_both_sides_is_listed_not_passed_silently() -> None:
+    result = gate([record(runs_of(0.01, 1), status=Status.error)], [record(runs_of(0.01, 2), status=Status.error)])
+    assert any("still errors" in line for line in result.known_failures)
