@@ -64,7 +64,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Pinned to the CPUs the runner chose, with as many threads; the host's state is
     recorded around the measured part so the record says what the numbers went through."""
     budget = Budget.model_validate(job["budget"])
-    cpus = job.get("cpus") or host.affinity()
+    cpus = job.get("cpus") or host.affinity()[: budget.threads or None]  # no runner: the budget says
     os.sched_setaffinity(0, cpus)
     threads = len(cpus)
     load_before, steal = host.load_average(), host.Steal()

@@ -17,7 +17,7 @@ from suite import checks, stats  # noqa: E402
 from suite.schema import Record, load_records  # noqa: E402
 from tests.factories import record, timings  # noqa: E402
 
-FROZEN = Path(__file__).resolve().parent / "data" / "results-v1.jsonl"
+FROZEN = Path(__file__).resolve().parent / "data" / "results-v2.jsonl"
 
 
 def sample_record() -> Record:
