@@ -154,10 +154,10 @@ def single_rank(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("single_rank")
 @pytest.mark.breaks("ddp.trainer.loss_curve_matches_single_process")
 def test_loss_curve_check_fails_when_set_epoch_is_forgotten(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(DistributedSampler, "set_epoch", lambda self, epoch: None)  # planted bug
     config = dataclasses.replace(BASE, out_dir=str(tmp_path))
-    ranks = [ddp.run(config)]
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:  # undo only the planted bug, not the check recorder
+        patch.setattr(DistributedSampler, "set_epoch", lambda self, epoch: None)  # planted bug
+        ranks = [ddp.run(config)]
     found = conformance.ddp_checks(ranks, conformance.ddp_single_process_reference(config, 1))
     assert failed(found) == {"ddp.trainer.loss_curve_matches_single_process"}  # epoch 0 is still right
 
