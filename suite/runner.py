@@ -295,6 +295,7 @@ def session(header: RunHeader, jobs: list[Job], path: Path, out_dir: Path, *,
         unmet = first_unmet(job.cls().requirements(job.params))
         if unmet is not None:
             job.outcomes = [{"status": Status.skipped.value, "reason": unmet, "duration_s": 0.0}]
+        if job.finished:  # skipped, or every run kept but killed before its record was written
             _finish(header, job, path, on_record, replacing)
     for job in round_robin(jobs):
         started += 1

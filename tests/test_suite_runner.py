@@ -355,3 +355,26 @@ def test_a_worker_notes_the_temporary_paths_it_makes_in_the_temp_dir_only(tmp_pa
     ledger.rename(job / leftovers.LEDGER)
     assert sorted(leftovers.remove_noted(job)) == sorted(p for p in noted if not p.name.startswith("c-"))
     assert not any(p.exists() for p in noted) and len(list(nested.iterdir())) == 1
+
+
+def test_a_job_whose_runs_all_finished_before_a_kill_gets_its_record_on_resume(
+        tmp_path: Path, empty_registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed between keeping a job's last run and writing its record: resume writes the
+    record from the kept runs, without running them again."""
+    import suite.runner as runner
+
+    real_append = runner.append_record
+
+    def killed(path: Path, record) -> None:  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "append_record", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run("planted.ok", "quick", FAST, tmp_path, packages=PLANTED)
+    monkeypatch.setattr(runner, "append_record", real_append)
+    started: list[str] = []
+    path = run("planted.ok", "quick", FAST, tmp_path, resume=True, packages=PLANTED,
+               on_start=lambda label, i, n: started.append(label))
+    assert started == ["planted.ok {'n': 2} run 2/2"]  # n=1's two runs were kept: only n=2's last runs
+    records = load_records(path)
+    assert sorted(r.params["n"] for r in records) == [1, 2] and all(len(r.runs) == 2 for r in records)
