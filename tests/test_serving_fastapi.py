@@ -190,7 +190,7 @@ def test_healthz_stays_fast_while_image_bombs_are_in_flight(live: deployments.De
     # plus twice what /healthz takes alone on the host right now (its noise, measured); a
     # decode on the event loop would add ~25 ms per image, 200 ms for the eight.
     p95 = float(np.percentile(latencies, 95))
-    assert float(np.median(latencies)) <= 0.05
+    assert float(np.median(latencies)) <= 0.05 + 2 * baseline[0]
     assert p95 <= 0.05 + 2 * baseline[0], f"/healthz p95 {p95 * 1000:.1f} ms (max {max(latencies) * 1000:.1f} ms)"
     print(f"/healthz with {len(uploads)} image uploads in flight: max {max(latencies) * 1000:.1f} ms, "
           f"p95 {p95 * 1000:.1f} ms, median {np.median(latencies) * 1000:.1f} ms over {len(latencies)} probes")
