@@ -1,5 +1,5 @@
-"""Summary statistics with their uncertainty: bootstrap CIs, claimed percentiles, the
-Mann-Whitney U test. Every number the suite publishes goes through here."""
+"""Summary statistics with their uncertainty: bootstrap CIs (hierarchical over process
+runs), claimed percentiles. Every number the suite publishes goes through here."""
 
 from __future__ import annotations
 
@@ -168,17 +168,6 @@ def paired_bootstrap_delta(correct_a: np.ndarray, correct_b: np.ndarray) -> tupl
     diff = b - a
     low, high = bootstrap_ci(diff, lambda x: x.mean(axis=-1))
     return float(diff.mean()), low, high
-
-
-def mann_whitney_p(a: Samples, b: Samples) -> float:
-    """Two-sided Mann-Whitney U p-value (as asv uses); 1.0 when either side is too small."""
-    from scipy.stats import mannwhitneyu
-
-    if len(a) < 3 or len(b) < 3:
-        return 1.0
-    if np.ptp(np.concatenate([a, b])) == 0:
-        return 1.0
-    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
 
 
 def _within_run_draws(metric: Metric, draws: int, seed: int) -> np.ndarray:

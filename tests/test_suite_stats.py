@@ -55,14 +55,6 @@ def test_proportion_ci_and_paired_delta() -> None:
     assert delta == pytest.approx(-0.05) and low <= delta <= high and high < 0
 
 
-def test_mann_whitney_separates_shifted_samples_only() -> None:
-    rng = np.random.default_rng(1)
-    base = rng.normal(1.0, 0.05, 200)
-    assert stats.mann_whitney_p(base, rng.normal(1.0, 0.05, 200)) > 0.01
-    assert stats.mann_whitney_p(base, rng.normal(1.2, 0.05, 200)) < 1e-6
-    assert stats.mann_whitney_p([1.0, 2.0], [3.0, 4.0]) == 1.0  # too few to test
-
-
 def test_ratio_of_medians_brackets_true_speedup() -> None:
     rng = np.random.default_rng(2)
     slow, fast = rng.normal(2.0, 0.05, 300), rng.normal(1.0, 0.025, 300)
