@@ -14,6 +14,7 @@ some hundreds of times slower than natively, so only short steps are counted.
 from __future__ import annotations
 
 import ctypes
+import gc
 import hashlib
 import os
 import re
@@ -30,8 +31,9 @@ MODE_ENV = "MLSUITE_COUNT"  # set to "instructions" in the worker's environment 
 MODE = "instructions"
 METRIC = "instructions_per_call"
 UNIT = "instructions"
-# The gate's threshold for counts when no rule names them: counts are stable to ~0.1%
-# between runs, so a 1% change is a verdict; a calibrated A/A floor still raises it.
+# The gate's threshold for counts when no rule names them: a counted run does the same work
+# every time (fixed calls, fixed warm-up, GC at the same phase), so counts agree to ~0.1%
+# between runs and a 0.5% change is a verdict; a calibrated A/A floor still raises it.
 DEFAULT_RULE = f"*{METRIC}:+0.5%"
 OUT_NAME = "callgrind.out"
 # Samples per contender per run under callgrind (two dumps of five): counts barely vary
@@ -57,8 +59,11 @@ int mlsuite_on_valgrind(void) { return RUNNING_ON_VALGRIND; }
 """
 
 # Environment that makes the work of a run the same in every run: one malloc arena (no
-# per-thread arenas chosen by timing), no malloc tunables left to chance, fixed hash seed.
-STABLE_ENV = {"MALLOC_ARENA_MAX": "1", "PYTHONHASHSEED": "0", "GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}
+# per-thread arenas chosen by timing), no malloc tunables left to chance, fixed hash seed,
+# and no bytecode written: a run that compiles a module leaves its heap unlike a run that
+# reads the cached bytecode (0.3% more instructions, seen in a fresh clone's first run).
+STABLE_ENV = {"MALLOC_ARENA_MAX": "1", "PYTHONHASHSEED": "0", "GLIBC_TUNABLES": "glibc.malloc.arena_max=1",
+              "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def requested() -> bool:
@@ -136,8 +141,11 @@ def region_name(contender: str, calls: int) -> str:
 
 @contextmanager
 def counted(contender: str, calls: int) -> Iterator[None]:
-    """Count the instructions of the body as `calls` calls of `contender` (one dump)."""
+    """Count the instructions of the body as `calls` calls of `contender` (one dump). A full
+    collection first, so the cyclic GC's allocation counter starts every region at zero:
+    otherwise where its collections fall depends on everything the process did before."""
     shim = _shim()
+    gc.collect()
     shim.mlsuite_count_start()
     try:
         yield
@@ -146,15 +154,16 @@ def counted(contender: str, calls: int) -> Iterator[None]:
 
 
 def counting_budget(budget, self_timed: bool):  # Budget -> Budget
-    """The budget of a counted run: SAMPLES samples per contender, whatever the profile.
-    A self-timed contender is refused: its work happens in other processes (ranks, a
+    """The budget of a counted run: SAMPLES samples per contender and a warm-up of a fixed
+    number of calls, whatever the profile: anything the clock decides (how many warm-up
+    calls fit in warmup_s) would make one run's work differ from the next. A self-timed contender is refused: its work happens in other processes (ranks, a
     server) or on its own clock, and callgrind counts only this process's region."""
     from suite.registry import Skip
 
     if self_timed:
         raise Skip("instruction counts: this scenario's contenders time themselves (ranks of a job, a server "
                    "under load); callgrind counts only the worker process's own region")
-    return budget.model_copy(update={"min_samples": SAMPLES, "max_samples": SAMPLES})
+    return budget.model_copy(update={"min_samples": SAMPLES, "max_samples": SAMPLES, "warmup_s": 0.0})
 
 
 def check_affordable(contender: str, fn, calls: int) -> None:
@@ -187,6 +196,16 @@ def not_countable(requirements: list) -> str | None:
             return (f"instruction counts: a {requirement.count}-process scenario; callgrind counts only "
                     f"the worker process's own region")
     return None
+
+
+def compile_sources(root: Path, module: str) -> None:
+    """Bytecode for the worker's own code (the harness, the references, the scenario's
+    package) before any counted run, so every run reads the same cache and none compiles."""
+    import compileall
+
+    for package in dict.fromkeys(("suite", "reference", module.split(".")[0])):
+        if (folder := root / package).is_dir():
+            compileall.compile_dir(folder, quiet=1)
 
 
 def worker_environment(env: dict[str, str]) -> dict[str, str]:

@@ -141,6 +141,7 @@ def run_worker(header: RunHeader, cls: type[registry.Scenario], params: dict[str
             command = [sys.executable, "-m", "suite.worker", str(job), str(result)]
             env = _thread_environment(len(cpus), header.root)
             if counting:
+                instructions.compile_sources(header.root, cls.__module__)
                 command = instructions.valgrind_command(command, Path(tmp, instructions.OUT_NAME))
                 env = instructions.worker_environment(env)
             process = subprocess.Popen(

@@ -214,7 +214,8 @@ def time_interleaved(contenders: Mapping[str, Callable[[], Any] | SampleSource],
             fn: Callable[[], Any] = contender  # type: ignore[assignment]
             firsts[name] = time_once(fn, device)[0] if first_call else None
             warm[name] = _warm_up(fn, budget, sync)
-            calls[name] = _calls_per_sample(fn, overhead, sync)
+            # Counted, a sample is one call: calls sized by the clock would vary run to run.
+            calls[name] = 1 if counting else _calls_per_sample(fn, overhead, sync)
             source = _Clocked(fn, device, calls[name])
             if counting:
                 instructions.check_affordable(name, fn, calls[name])
