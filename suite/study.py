@@ -1,10 +1,12 @@
-"""How often `mlsuite ab` cries wolf, and how often it catches a real slowdown, on this host.
+"""How often `mlsuite ab` cries wolf, and how often it catches a real regression, on this host.
 
-A scratch clone of the repository gets one extra commit whose timed training step does
-10% more CPU work (a planted regression, never committed to the real repository). Then
-`mlsuite ab HEAD HEAD` (A/A) and `mlsuite ab HEAD~1 HEAD` (planted) decide again and
-again, without and with a bounded CPU hog on one core (`stress-ng`), and every decision,
-its verdicts and the host's load are written to results/studies/. `nox -s study-ab`.
+A scratch clone of the repository gets planted commits on top of HEAD (never committed to
+the real repository): timed, a training step doing 10% more CPU work; counted (`--count
+instructions`), training steps doing a fixed loop worth ~1% and ~3% more instructions (a
+spin on the clock would count differently in every run). Then `mlsuite ab HEAD HEAD` (A/A)
+and `mlsuite ab HEAD PLANT` decide again and again, without and with a bounded CPU hog on one
+core (`stress-ng`), and every decision, its verdicts and the host's load are written to
+results/studies/. `nox -s study-ab`.
 """
 
 from __future__ import annotations
@@ -19,14 +21,25 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from suite.instructions import METRIC
 from suite.runner import REPO_ROOT
 
+
+@dataclass(frozen=True)
+class Plant:
+    """Code appended to reference/training/loop.py: a slower train_step, same result."""
+
+    name: str
+    code: str
+
+
 # The timed step spins for a tenth of its own CPU time: 10% more work, whatever the load.
-PLANTED_WORK = '''
+TIME_PLANT = Plant("time+10%", '''
 
 _unplanted_train_step = train_step
 
@@ -40,25 +53,53 @@ def train_step(*args, **kwargs):  # planted by suite.study: 10% more CPU work, s
     while time.process_time() < until:
         pass
     return result
-'''
+''')
+
+
+def loop_plant(percent: int, iterations: int) -> Plant:
+    """A fixed Python loop before the step: the same extra instructions in every run."""
+    return Plant(f"loop+{percent}%", f'''
+
+_unplanted_train_step = train_step
+
+
+def train_step(*args, **kwargs):  # planted by suite.study: ~{percent}% more instructions, same result
+    total = 0
+    for i in range({iterations}):
+        total += i * i
+    return _unplanted_train_step(*args, **kwargs)
+''')
+
+
+# Sized on the digits MLP AdamW step (~7.94M instructions per call, ~460 per iteration).
+COUNT_PLANTS = (loop_plant(1, 175), loop_plant(3, 520))
 
 SCENARIOS = {  # the selection of each decision: a training step, an optimize latency, a drift step
     "training.baseline": ["model=mlp"],
     "optimize.eager": [],
     "monitoring.drift": ["rows=2000"],
 }
+PLANTED_IN = "training.baseline"  # the scenario whose step the plants slow down
 FAST_BUDGET = "[profiles.quick]\nwarmup_s = 0.1\nmax_time_s = 0.3\n"
 
 
-def scratch_clone(parent: Path) -> Path:
-    """A clone of HEAD with one more commit: the planted 10% more work."""
+def scratch_clone(parent: Path, plants: tuple[Plant, ...] = (TIME_PLANT,)) -> tuple[Path, dict[str, str]]:
+    """A clone of HEAD with one commit per plant on top of it; the commits by plant name."""
     clone = parent / "clone"
     subprocess.run(["git", "clone", "-q", "--no-local", str(REPO_ROOT), str(clone)], check=True, timeout=300)
-    loop = clone / "reference" / "training" / "loop.py"
-    loop.write_text(loop.read_text() + PLANTED_WORK)
     git = ["git", "-C", str(clone), "-c", "user.name=study", "-c", "user.email=study@localhost"]
-    subprocess.run([*git, "commit", "-qam", "planted: 10% more work in the training step"], check=True)
-    return clone
+    loop = clone / "reference" / "training" / "loop.py"
+    unplanted = loop.read_text()
+    base = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    commits = {}
+    for plant in plants:
+        subprocess.run([*git, "checkout", "-q", "--detach", base], check=True)
+        loop.write_text(unplanted + plant.code)
+        subprocess.run([*git, "commit", "-qam", f"planted: {plant.name} in the training step"], check=True)
+        commits[plant.name] = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True,
+                                             text=True).stdout.strip()
+    subprocess.run([*git, "checkout", "-q", "--detach", base], check=True)  # HEAD is the unplanted commit
+    return clone, commits
 
 
 @contextmanager
@@ -79,12 +120,14 @@ def cpu_hog(on: bool, seconds: int) -> Iterator[None]:
 
 
 def decide(clone: Path, base: str, head: str, only: str, where: list[str], rounds: int, config: Path,
-           out: Path) -> dict[str, Any]:
+           out: Path, count: bool = False) -> dict[str, Any]:
     load_before = os.getloadavg()
     args = [sys.executable, "-m", "suite", "ab", base, head, "--only", only, "--rounds", str(rounds),
             "--config", str(config), "--out", str(out)]
     for item in where:
         args += ["--where", item]
+    if count:
+        args += ["--count", "instructions"]
     started = time.monotonic()
     done = subprocess.run(args, cwd=clone, capture_output=True, text=True, timeout=3600)
     verdicts_file = sorted(out.glob("*-verdicts.json"))[-1] if done.returncode in (0, 1, 3) else None
@@ -92,12 +135,13 @@ def decide(clone: Path, base: str, head: str, only: str, where: list[str], round
     if verdicts_file:
         verdicts_file.unlink()
     rows = verdicts.get("comparisons", [])
+    headline = METRIC if count else "step_time"
     return {
         "scenario": only, "where": where, "exit": done.returncode, "seconds": round(time.monotonic() - started, 1),
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
         "verdicts": {f"{r['metric']}.{r['stat']}": r["verdict"] for r in rows},
-        "step_time": next(({k: r[k] for k in ("baseline", "current", "ratio", "verdict", "threshold", "detectable")}
-                           for r in rows if r["metric"] == "step_time"), None),
+        headline: next(({k: r[k] for k in ("baseline", "current", "ratio", "verdict", "threshold", "detectable")}
+                        for r in rows if r["metric"] == headline), None),
         "oversubscribed_runs": verdicts.get("oversubscribed_runs"),
         "error": "" if verdicts_file else done.stderr[-500:],
     }
@@ -115,10 +159,12 @@ def rate(outcomes: list[bool]) -> dict[str, Any]:
 
 def summarize(decisions: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
-    for kind in ("aa", "planted"):
+    for kind in dict.fromkeys(d["kind"] for d in decisions):
         for hog in (False, True):
             picked = [d for d in decisions if d["kind"] == kind and d["hog"] == hog and not d["error"]]
-            key = f"{kind}{'_hog' if hog else ''}"
+            if not picked:
+                continue
+            key = f"{kind}{' hog' if hog else ''}"
             summary[key] = {verdict: rate([d["exit"] == code for d in picked])
                             for verdict, code in (("regressed", 1), ("inconclusive", 3), ("pass", 0))}
             summary[key]["load_before_1min"] = sorted(d["load_before"][0] for d in picked)
@@ -129,31 +175,36 @@ def summarize(decisions: list[dict[str, Any]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--aa", type=int, default=7, help="A/A decisions per scenario and condition")
-    parser.add_argument("--planted", type=int, default=20, help="planted decisions per condition")
+    parser.add_argument("--planted", type=int, default=20, help="decisions per plant and condition")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--count", choices=["instructions"], help="decide on instruction counts (loop plants)")
     parser.add_argument("--conditions", default="quiet,hog", help="quiet, hog or both")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "studies")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    count = args.count is not None
+    plants = COUNT_PLANTS if count else (TIME_PLANT,)
+    scenarios = {PLANTED_IN: SCENARIOS[PLANTED_IN]} if count else SCENARIOS  # a counted decision costs minutes
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    target = args.out / f"ab-reliability-{stamp}.json"
+    target = args.out / f"ab-reliability-{'count-' if count else ''}{stamp}.json"
     decisions: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="mlsuite-study-") as tmp:
-        clone = scratch_clone(Path(tmp))
+        clone, commits = scratch_clone(Path(tmp), plants)
         config = Path(tmp, "fast.toml")
         config.write_text(FAST_BUDGET)
         for condition in args.conditions.split(","):
             hog = condition == "hog"
-            plan = [("aa", s, w) for _ in range(args.aa) for s, w in SCENARIOS.items()]
-            plan += [("planted", "training.baseline", SCENARIOS["training.baseline"])] * args.planted
-            for kind, only, where in plan:
-                base = "HEAD" if kind == "aa" else "HEAD~1"
-                with cpu_hog(hog, 900):
-                    found = decide(clone, base, "HEAD", only, where, args.rounds, config, Path(tmp, "ab"))
+            plan = [("aa", "HEAD", s, w) for _ in range(args.aa) for s, w in scenarios.items()]
+            plan += [(plant.name, commits[plant.name], PLANTED_IN, SCENARIOS[PLANTED_IN])
+                     for _ in range(args.planted) for plant in plants]
+            for kind, head, only, where in plan:
+                with cpu_hog(hog, 3600):
+                    found = decide(clone, "HEAD", head, only, where, args.rounds, config, Path(tmp, "ab"), count)
                 decisions.append({"kind": kind, "hog": hog, **found})
                 target.write_text(json.dumps({
                     "host": {"cpu": open("/proc/cpuinfo").read().count("processor"), "uname": os.uname().release},
-                    "rounds": args.rounds, "budget": FAST_BUDGET, "planted": "10% more CPU work in train_step",
+                    "rounds": args.rounds, "count": args.count, "budget": FAST_BUDGET,
+                    "plants": {plant.name: plant.code for plant in plants},
                     "summary": summarize(decisions), "decisions": decisions}, indent=1) + "\n")
                 print(f"{kind:8} hog={hog} {only:20} exit {found['exit']} in {found['seconds']}s "
                       f"load {found['load_before'][0]}", flush=True)

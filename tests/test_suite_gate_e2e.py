@@ -13,20 +13,20 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from suite.study import FAST_BUDGET, decide, scratch_clone  # noqa: E402
+from suite.study import FAST_BUDGET, TIME_PLANT, decide, scratch_clone  # noqa: E402
 
 SELECT = ("training.baseline", ["model=mlp"])
 
 
 @pytest.mark.slow
 def test_ab_never_cries_wolf_and_never_passes_a_planted_slowdown(tmp_path: Path) -> None:
-    clone = scratch_clone(tmp_path)
+    clone, commits = scratch_clone(tmp_path)
     config = tmp_path / "fast.toml"
     config.write_text(FAST_BUDGET)
     same = decide(clone, "HEAD", "HEAD", *SELECT, rounds=3, config=config, out=tmp_path / "ab")
     assert same["exit"] in (0, 3), same
     assert "regressed" not in same["verdicts"].values(), same
-    planted = decide(clone, "HEAD~1", "HEAD", *SELECT, rounds=3, config=config, out=tmp_path / "ab")
+    planted = decide(clone, "HEAD", commits[TIME_PLANT.name], *SELECT, rounds=3, config=config, out=tmp_path / "ab")
     assert planted["exit"] in (1, 3), planted
     assert planted["verdicts"]["step_time.value"] in ("regressed", "inconclusive"), planted
     assert planted["verdicts"]["cpu_time.value"] in ("regressed", "inconclusive"), planted
