@@ -4,10 +4,12 @@ a shared host cannot move (CodSpeed's answer for CI on shared runners).
 The worker runs under `valgrind --tool=callgrind --instr-atstart=no`: nothing is counted
 until the harness's clock (suite.timing) brackets a contender's samples with the client
 requests of a tiny C shim (zero, start; stop, dump named after the contender and its number
-of calls). The runner reads the dumps back and records `<prefix>instructions_per_call`.
+of calls). The runner reads the dumps back and records `<prefix>instructions_per_call`, and
+from callgrind's cache simulation `<prefix>estimated_cycles_per_call`.
 
-Counts do not see memory stalls, cache misses or parallel speedups: they measure the work
-a step asks of the CPU, not how long the CPU takes to do it. The instrumented region runs
+Counts do not see memory stalls or parallel speedups: they measure the work a step asks of
+the CPU, not how long the CPU takes to do it; the cycle estimate adds modelled cache misses,
+still not this CPU's stalls. The instrumented region runs
 some hundreds of times slower than natively, so only short steps are counted.
 """
 
@@ -31,6 +33,12 @@ MODE_ENV = "MLSUITE_COUNT"  # set to "instructions" in the worker's environment 
 MODE = "instructions"
 METRIC = "instructions_per_call"
 UNIT = "instructions"
+CYCLES_METRIC = "estimated_cycles_per_call"
+CYCLES_UNIT = "cycles (estimated)"
+# Callgrind's cycle estimate, as KCachegrind computes it from the cache simulation: an L1
+# miss costs ~10 cycles and a last-level miss ~100 on top of the instruction. A model of a
+# simple core with two cache levels, not of this CPU: it sees misses, not stalls or overlap.
+L1_MISS_CYCLES, LL_MISS_CYCLES = 10, 100
 # The gate's threshold for counts when no rule names them: a counted run does the same work
 # every time (fixed calls, fixed warm-up, GC at the same phase), so counts agree to ~0.1%
 # between runs and a 0.5% change is a verdict; a calibrated A/A floor still raises it.
@@ -156,8 +164,9 @@ def counted(contender: str, calls: int) -> Iterator[None]:
 def counting_budget(budget, self_timed: bool):  # Budget -> Budget
     """The budget of a counted run: SAMPLES samples per contender and a warm-up of a fixed
     number of calls, whatever the profile: anything the clock decides (how many warm-up
-    calls fit in warmup_s) would make one run's work differ from the next. A self-timed contender is refused: its work happens in other processes (ranks, a
-    server) or on its own clock, and callgrind counts only this process's region."""
+    calls fit in warmup_s) would make one run's work differ from the next. A self-timed
+    contender is refused: its work happens in other processes (ranks, a server) or on its
+    own clock, and callgrind counts only this process's region."""
     from suite.registry import Skip
 
     if self_timed:
@@ -231,10 +240,12 @@ def counted_outcome(outcome: dict, folder: Path) -> dict:
 
 
 def valgrind_command(command: list[str], out_file: Path) -> list[str]:
-    """The worker command under callgrind, counting nothing until the shim says so; with
+    """The worker command under callgrind, counting nothing until the shim says so, with
+    the cache simulation on (it adds little to a region that is a small part of the run);
     address-space randomisation off where `setarch -R` is allowed."""
-    prefix = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_file}",
-              "--dump-line=no", "--dump-instr=no", "--compress-strings=no", "--log-fd=2"]
+    prefix = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--cache-sim=yes",
+              f"--callgrind-out-file={out_file}", "--dump-line=no", "--dump-instr=no", "--compress-strings=no",
+              "--log-fd=2"]
     setarch = shutil.which("setarch")
     if setarch and subprocess.run([setarch, "-R", "true"], capture_output=True).returncode == 0:
         prefix = [setarch, "-R", *prefix]
@@ -246,16 +257,28 @@ class Dump:
     contender: str
     calls: int
     instructions: int
+    cycles: int | None = None  # estimated, when the dump has the cache simulation's events
 
 
 _TRIGGER = re.compile(r"^desc: Trigger: Client Request: mlsuite:(\d+):(.*)$", re.M)
-# "totals:" is the dump's sum; callgrind 3.19 writes "summary: 0" after a zeroing request.
-_TOTAL = re.compile(r"^totals: (\d+)", re.M)
+_EVENTS = re.compile(r"^events: (.+)$", re.M)
+# "totals:" is the dump's sum, one number per event; callgrind 3.19 writes "summary: 0"
+# after a zeroing request.
+_TOTAL = re.compile(r"^totals: ([\d ]+)$", re.M)
+
+
+def estimated_cycles(totals: dict[str, int]) -> int | None:
+    """Instructions plus the modelled cost of cache misses; None without the simulation."""
+    if "I1mr" not in totals:
+        return None
+    l1 = sum(totals.get(event, 0) for event in ("I1mr", "D1mr", "D1mw"))
+    last_level = sum(totals.get(event, 0) for event in ("ILmr", "DLmr", "DLmw"))
+    return totals["Ir"] + L1_MISS_CYCLES * l1 + LL_MISS_CYCLES * last_level
 
 
 def parse_dump(text: str) -> Dump | None:
-    """One callgrind output file: the region it closes and its instruction total; None
-    for a dump the shim did not ask for (program termination)."""
+    """One callgrind output file: the region it closes and its totals; None for a dump
+    the shim did not ask for (program termination)."""
     trigger, total = _TRIGGER.search(text), _TOTAL.search(text)
     if trigger is None:
         return None
@@ -263,7 +286,11 @@ def parse_dump(text: str) -> Dump | None:
         from suite.errors import SuiteError
 
         raise SuiteError(f"callgrind dump of {trigger[2]!r} has no totals line")
-    return Dump(contender=trigger[2], calls=int(trigger[1]), instructions=int(total[1]))
+    events = (found[1].split() if (found := _EVENTS.search(text)) else ["Ir"])
+    numbers = [int(n) for n in total[1].split()]
+    totals = dict(zip(events, numbers + [0] * (len(events) - len(numbers))))  # trailing zeros may be left out
+    return Dump(contender=trigger[2], calls=int(trigger[1]), instructions=totals["Ir"],
+                cycles=estimated_cycles(totals))
 
 
 def _dump_number(path: Path) -> int:
@@ -277,23 +304,31 @@ def read_dumps(folder: Path) -> list[Dump]:
     return [dump for path in paths if (dump := parse_dump(path.read_text(errors="replace")))]
 
 
-def metrics(dumps: list[Dump]) -> list:  # list[Metric]
-    """`<prefix>instructions_per_call` per contender: each dump's per-call count is a
-    sample (a mean over that dump's calls), the run's value their mean."""
+def _per_call(name: str, unit: str, per_call: list[float], calls: int):  # Metric
+    """Each dump's per-call figure is a sample (a mean over that dump's calls), the run's
+    value their mean."""
     from suite import stats
 
+    metric = stats.summarize(name, unit, False, per_call, clock="callgrind", calls_per_sample=calls)
+    mean = sum(per_call) / len(per_call)
+    low, high = stats.bootstrap_ci(per_call, stats.ESTIMATORS["mean"])
+    return metric.model_copy(update={"value": mean, "run_values": [mean], "estimator": "mean",
+                                     "ci_low": low, "ci_high": high})
+
+
+def metrics(dumps: list[Dump]) -> list:  # list[Metric]
+    """Per contender, `<prefix>instructions_per_call` and, when every dump has the cache
+    simulation, `<prefix>estimated_cycles_per_call`."""
     by_contender: dict[str, list[Dump]] = {}
     for dump in dumps:
         by_contender.setdefault(dump.contender, []).append(dump)
     found = []
     for contender, own in by_contender.items():
-        per_call = [d.instructions / d.calls for d in own]
-        metric = stats.summarize(f"{contender}{METRIC}", UNIT, False, per_call, clock="callgrind",
-                                 calls_per_sample=max(d.calls for d in own))
-        mean = sum(per_call) / len(per_call)
-        low, high = stats.bootstrap_ci(per_call, stats.ESTIMATORS["mean"])
-        found.append(metric.model_copy(update={"value": mean, "run_values": [mean], "estimator": "mean",
-                                               "ci_low": low, "ci_high": high}))
+        calls = max(d.calls for d in own)
+        found.append(_per_call(f"{contender}{METRIC}", UNIT, [d.instructions / d.calls for d in own], calls))
+        if all(d.cycles is not None for d in own):
+            found.append(_per_call(f"{contender}{CYCLES_METRIC}", CYCLES_UNIT,
+                                   [d.cycles / d.calls for d in own], calls))  # type: ignore[operator]
     return found
 
 

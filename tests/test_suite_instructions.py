@@ -23,17 +23,30 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 STATED_SPREAD = 0.002
 
 
-def dump_text(trigger: str, total: int | None) -> str:
+def dump_text(trigger: str, total: int | str | None, events: str = "Ir") -> str:
     """A callgrind 3.19 dump as the shim leaves it ("summary: 0" after a zeroing request)."""
     lines = ["# callgrind format", "version: 1", "creator: callgrind-3.19.0", "pid: 7", "part: 1", "",
              "desc: Timerange: Basic block 0 - 2543642", f"desc: Trigger: {trigger}", "", "positions: line",
-             "events: Ir", "summary: 0", "", "fn=(1) step", "0 12"]
+             f"events: {events}", "summary: 0", "", "fn=(1) step", "0 12"]
     return "\n".join(lines + ([f"totals: {total}"] if total is not None else [])) + "\n"
+
+
+CACHE_EVENTS = "Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw"
 
 
 def test_parse_dump_reads_region_calls_and_totals():
     dump = instructions.parse_dump(dump_text("Client Request: mlsuite:10:fp32_", 12115386))
     assert dump == instructions.Dump(contender="fp32_", calls=10, instructions=12115386)
+
+
+def test_parse_dump_estimates_cycles_from_the_cache_simulation():
+    totals = "9419501 2681238 1532931 1076 605 121 880 578 111"  # a real dump of the tiny step
+    dump = instructions.parse_dump(dump_text("Client Request: mlsuite:5:", totals, CACHE_EVENTS))
+    assert dump.instructions == 9419501
+    assert dump.cycles == 9419501 + 10 * (1076 + 605 + 121) + 100 * (880 + 578 + 111)
+    cut = instructions.parse_dump(dump_text("Client Request: mlsuite:5:", "700 300 200 4", CACHE_EVENTS))
+    assert cut.cycles == 700 + 10 * 4  # callgrind leaves trailing zero counts out
+    assert instructions.parse_dump(dump_text("Client Request: mlsuite:5:", 700)).cycles is None
 
 
 def test_parse_dump_keeps_an_empty_prefix_and_ignores_program_termination():
@@ -59,6 +72,17 @@ def test_read_dumps_in_numeric_order_and_metrics_per_contender(tmp_path):
     assert a.value == pytest.approx(105.0) and a.run_values == [pytest.approx(105.0)]
     assert a.samples == [100.0, 110.0] and a.unit == "instructions" and not a.higher_is_better
     assert a.estimator == "mean" and a.calls_per_sample == 10
+
+
+def test_cycles_are_a_metric_beside_counts_when_every_dump_has_them(tmp_path):
+    for number, total in ((1, "1000 0 0 2 0 0 1"), (2, "1200 0 0 2 0 0 1")):
+        (tmp_path / f"callgrind.out.{number}").write_text(
+            dump_text("Client Request: mlsuite:10:a_", total, CACHE_EVENTS))
+    found = {m.name: m for m in instructions.metrics(instructions.read_dumps(tmp_path))}
+    assert set(found) == {"a_instructions_per_call", "a_estimated_cycles_per_call"}
+    cycles = found["a_estimated_cycles_per_call"]
+    assert cycles.samples == [112.0, 132.0] and cycles.unit == "cycles (estimated)" and not cycles.higher_is_better
+    assert cycles.clock == "callgrind"
 
 
 def test_default_rule_gates_counts_at_half_a_percent_unless_a_rule_names_them():
@@ -154,8 +178,9 @@ def count_tiny_step(root: Path, folder: Path, extra: int) -> float:
     env = instructions.worker_environment({"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)})
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    (metric,) = instructions.metrics(instructions.read_dumps(folder))
+    metric, cycles = instructions.metrics(instructions.read_dumps(folder))
     assert metric.name == "tiny_instructions_per_call" and metric.n == instructions.SAMPLES // 5
+    assert cycles.name == "tiny_estimated_cycles_per_call" and cycles.value > metric.value
     return metric.value
 
 
@@ -181,7 +206,7 @@ def test_a_counted_run_records_instructions_per_call_instead_of_times(tmp_path, 
     path = run("planted.ok", "quick", budget, tmp_path, where={"n": "1"}, packages=("tests.planted",))
     (record,) = load_records(path)
     assert record.status.value == "ok", record.reason
-    assert [m.name for m in record.metrics] == ["instructions_per_call"]
+    assert [m.name for m in record.metrics] == ["instructions_per_call", "estimated_cycles_per_call"]
     first, second = record.metrics[0].run_values
     assert abs(second / first - 1) <= STATED_SPREAD, (first, second)
     assert record.checks == []  # conformance is the timed run's job
