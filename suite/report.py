@@ -5,7 +5,8 @@ per technique family (a summary table and a plot), then conformance failures, re
 verdicts against the previous results of the same machine and profile, history across
 commits with change points, and the same scenario on several machines. Every record's full
 metrics follow, folded. results/ab/ and results/calibration/ feed the regression verdicts
-only; they are not listed as ordinary records.
+only; they are not listed as ordinary records. Counted records (results/instructions/) feed
+the instruction-count section only: a count never stands in for a time.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from suite.errors import SuiteError
+from suite.report_counts import FOLDER as COUNTED
+from suite.report_counts import counts
 from suite.report_families import family_sections
 from suite.report_history import history
 from suite.report_model import Cell, Column, Section, Source, Table, anchor, by_group, latest, machine_label, relative
@@ -76,9 +79,11 @@ def sources_table(records: list[Record], sources: dict[int, Source]) -> Table:
 
 
 def build(records: list[Record], sources: dict[int, Source], results_dir: Path) -> list[Section]:
-    newest = latest(records)
-    return [*family_sections(newest), conformance(newest, sources), regressions(records, results_dir),
-            history(records), machines(newest)]
+    counted = [r for r in records if Path(sources[id(r)].file).parts[0] == COUNTED]
+    timed = [r for r in records if Path(sources[id(r)].file).parts[0] != COUNTED]
+    newest = latest(timed)
+    return [*family_sections(newest), counts(counted, timed), conformance(newest, sources),
+            regressions(timed, results_dir), history(timed), machines(newest)]
 
 
 def record_groups(records: list[Record], sources: dict[int, Source]) -> list[tuple[str, list[tuple[Record, Source]]]]:

@@ -25,7 +25,7 @@ from suite.schema import load_records
 
 DATA = Path(__file__).parent / "data"
 EXAMPLES = sorted((DATA / "report").glob("*.jsonl"))
-SECTION_IDS = (*FAMILY_IDS, "conformance", "regressions", "history", "machines")
+SECTION_IDS = (*FAMILY_IDS, "counts", "conformance", "regressions", "history", "machines")
 
 
 def example_results(folder: Path) -> Path:
@@ -207,3 +207,26 @@ def test_importing_the_report_loads_no_plotting_or_change_point_library() -> Non
             "print(sorted(m for m in ('matplotlib', 'ruptures', 'otava') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_counts_sit_beside_the_timed_step_and_never_replace_it(tmp_path: Path) -> None:
+    folder = shutil.copytree(DATA / "counts", tmp_path / "results")
+    timed = json.loads(next(folder.glob("*.jsonl")).read_text())
+    counted, skipped = (json.loads(line) for line in next((folder / "instructions").glob("*.jsonl")).read_text()
+                        .splitlines())
+    records, sources = load_with_sources(folder)
+    built = {s.id: s for s in build(records, sources, folder)}
+    (row,) = rows_of(built["counts"])
+    counts = raw_metric(counted, "instructions_per_call")
+    assert row[0].text == "training.baseline" and row[3].value == counts["value"]
+    assert row[4].value == pytest.approx((max(counts["run_values"]) / min(counts["run_values"]) - 1) * 100)
+    assert row[5].value == len(counts["run_values"]) == 2
+    assert row[6].value == raw_metric(counted, "estimated_cycles_per_call")["value"]
+    step = raw_metric(timed, "step_time")["value"]
+    assert row[7].value == step and row[7].text.startswith(f"{step * 1e3:.4g}")  # shown in ms
+    (not_counted,) = rows_of(built["counts"], 1)
+    assert not_counted[0].text == skipped["scenario"] and not_counted[2].text == skipped["reason"]
+    assert "do not see memory stalls" in " ".join(built["counts"].notes)
+    # the family table keeps the timed record: a count never stands in for a time
+    training = str(built["training"])
+    assert timed["run_id"] in training and counted["run_id"] not in training
