@@ -8,7 +8,10 @@ runs no cleanup. Two mechanisms close that gap without any code running in the o
   that forked it exits (Linux `PR_SET_PDEATHSIG`);
 - `Lifeline`: a tiny watcher process holds the read end of a pipe whose only write end
   is the owner's; when the owner dies the kernel closes it, the watcher reads EOF and
-  kills the whole group (Java workers, Triton stubs, torchrun ranks included).
+  kills the whole group (Java workers, Triton stubs, torchrun ranks included). It is
+  made before the child, which names its group down the pipe before it execs: there is
+  no moment when the child runs and nothing watches it (a worker killed right after
+  starting a server once left the server's own children behind that way).
 
 Standard library only, so a user can copy it along with the module that needs it.
 """
@@ -27,13 +30,14 @@ PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 WATCHER = """
 import os, signal, sys
-fd, group = int(sys.argv[1]), int(sys.argv[2])
-while os.read(fd, 64):
-    pass
-try:
-    os.killpg(group, signal.SIGKILL)
-except ProcessLookupError:
-    pass
+fd, said = int(sys.argv[1]), b""
+while chunk := os.read(fd, 64):
+    said += chunk
+for group in said.split():
+    try:
+        os.killpg(int(group), signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 """
 
 
@@ -56,34 +60,42 @@ def die_with_parent() -> None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def preexec(then: Callable[[], None] | None = None) -> Callable[[], None] | None:
-    """A `preexec_fn` that ties the child to this process (and runs `then`, if given).
-    Only from the main thread: the death signal follows the forking *thread*, so a child
-    started from a worker thread would die when that thread ends."""
-    if threading.current_thread() is not threading.main_thread():
-        return then
+def preexec(*steps: Callable[[], None] | None) -> Callable[[], None] | None:
+    """A `preexec_fn` that ties the child to this process, then runs each step given. The
+    tie only from the main thread: the death signal follows the forking *thread*, so a
+    child started from a worker thread would die when that thread ends."""
+    wanted = [step for step in steps if step is not None]
+    if threading.current_thread() is threading.main_thread():
+        wanted.insert(0, die_with_parent)
+    if not wanted:
+        return None
 
     def prepare() -> None:
-        die_with_parent()
-        if then is not None:
-            then()
+        for step in wanted:
+            step()
 
     return prepare
 
 
 class Lifeline:
-    """Kill process group `group` (a child started with `start_new_session=True`: its
-    pid) when this process dies. `cut()` after stopping the group lets the watcher go."""
+    """Kill the process group of a child started in a session of its own when this process
+    dies. Make it before starting the child and run `announce` in the child (a preexec_fn
+    step); `cut()` after stopping the group lets the watcher go."""
 
-    def __init__(self, group: int) -> None:
-        read, self._write = os.pipe()  # both ends close-on-exec: no other child inherits them
+    def __init__(self) -> None:
+        read, self._write = os.pipe()  # both ends close-on-exec: no other child keeps them past exec
         try:
             self.watcher = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", WATCHER, str(read), str(group)], pass_fds=(read,),
+                [sys.executable, "-I", "-S", "-c", WATCHER, str(read)], pass_fds=(read,),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True)
         finally:
             os.close(read)
+
+    def announce(self) -> None:
+        """In the child, between fork and exec, after it made its own session: its group
+        is its pid. The write end closes at exec, so the owner's stays the only one."""
+        os.write(self._write, f"{os.getpid()} ".encode())
 
     def cut(self) -> None:
         """Close this end: the watcher kills whatever is left of the group and exits."""

@@ -147,11 +147,11 @@ def run_worker(header: RunHeader, cls: type[registry.Scenario], params: dict[str
                 instructions.compile_sources(header.root, cls.__module__)
                 command = instructions.valgrind_command(command, Path(tmp, instructions.OUT_NAME))
                 env = instructions.worker_environment(env)
+            lifeline = Lifeline()
             process = subprocess.Popen(
                 command, stdout=log_handle, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-                cwd=header.root,
+                cwd=header.root, preexec_fn=lifeline.announce,
             )
-            lifeline = Lifeline(process.pid)
             try:
                 code = process.wait(timeout=cls.timeout_s * (instructions.TIMEOUT_FACTOR if counting else 1))
             except subprocess.TimeoutExpired:

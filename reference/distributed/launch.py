@@ -91,9 +91,9 @@ def run_command(command: Sequence[str], timeout_s: float, env: dict[str, str] | 
     outlives it, nor outlives this process if it is killed (`reference.lifeline`). Raises
     CalledProcessError (with the output, when captured) if it fails."""
     stream = subprocess.PIPE if capture else None
+    lifeline = Lifeline()
     process = subprocess.Popen(list(command), stdout=stream, stderr=subprocess.STDOUT if capture else None,
-                               text=True, start_new_session=True, env=env, preexec_fn=preexec())
-    lifeline = Lifeline(process.pid)
+                               text=True, start_new_session=True, env=env, preexec_fn=preexec(lifeline.announce))
     try:
         output, _ = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:

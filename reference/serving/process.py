@@ -71,9 +71,10 @@ class ManagedServer:
             started = time.perf_counter()
             cpus = self.cpus
             pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+            self.lifeline = Lifeline()
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                            cwd=self.cwd, start_new_session=True, preexec_fn=preexec(pin))
-        self.lifeline = Lifeline(self.process.pid)
+                                            cwd=self.cwd, start_new_session=True,
+                                            preexec_fn=preexec(pin, self.lifeline.announce))
         _LIVE.add(self)
         polls = 0
         while time.perf_counter() - started < timeout_s:
