@@ -394,7 +394,8 @@ class Export(OptimizeScenario):
         return runtimes.torch_module(loaded, "torch.export .pt2", device=device, size_bytes=size)
 
 
-@scenario("optimize.tensorrt", grid={"model": MODELS, "size": ["small"], "device": ["cuda"], "precision": ["fp16", "int8"]},
+@scenario("optimize.tensorrt",
+          grid={"model": MODELS, "size": ["small"], "device": ["cuda"], "precision": ["fp16", "int8"]},
           requires=TENSORRT, profiles={"quick": QUICK, "gpu": {}})
 class TensorRT(OptimizeScenario):
     """TensorRT 10: ONNX -> engine (FP16, or INT8 with an entropy calibrator), serialised and
