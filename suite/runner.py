@@ -312,7 +312,21 @@ def session(header: RunHeader, jobs: list[Job], path: Path, out_dir: Path, *,
         _keep_run(side, job, outcome)
         if job.finished:
             _finish(header, job, path, on_record, replacing)
-    side.unlink(missing_ok=True)
+    _forget_runs(side, {job.key for job in jobs})
+
+
+def _forget_runs(side: Path, done: set[tuple[str, str]]) -> None:
+    """Drop the kept runs of the jobs whose records are written; runs of jobs outside this
+    session's selection (a `--resume --only` narrower than the interrupted run) stay."""
+    others = {key: runs for key, runs in _load_runs(side).items() if key not in done}
+    if not others:
+        side.unlink(missing_ok=True)
+        return
+    lines = [json.dumps({"scenario": key[0], "config_hash": key[1], "outcome": outcome}, default=str)
+             for key, runs in others.items() for outcome in runs]
+    partial = side.with_suffix(".runs.tmp")
+    partial.write_text("\n".join(lines) + "\n")
+    partial.replace(side)
 
 
 def _finish(header: RunHeader, job: Job, path: Path, on_record: Callable[[Record], None] | None,

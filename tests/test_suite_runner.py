@@ -134,6 +134,23 @@ def test_runs_go_round_robin_and_resume_keeps_finished_runs(tmp_path: Path, empt
     assert not path.with_suffix(".runs").exists()
 
 
+def test_a_narrower_resume_keeps_the_other_jobs_finished_runs(tmp_path: Path, empty_registry: None) -> None:
+    def interrupt_at_third(label: str, index: int, total: int) -> None:
+        if index == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # run 1 of n=1 and of n=2 are kept
+        run("planted.ok", "quick", FAST, tmp_path, packages=PLANTED, on_start=interrupt_at_third)
+    path = run("planted.ok", "quick", FAST, tmp_path, resume=True, packages=PLANTED, where={"n": "1"})
+    assert [r.params["n"] for r in load_records(path)] == [1]
+    started: list[str] = []
+    run("planted.ok", "quick", FAST, tmp_path, resume=True, packages=PLANTED,
+        on_start=lambda label, i, n: started.append(label))
+    assert started == ["planted.ok {'n': 2} run 2/2"]  # n=2's first run survived the narrower resume
+    assert sorted(r.params["n"] for r in load_records(path)) == [1, 2]
+    assert not path.with_suffix(".runs").exists()
+
+
 def test_resume_runs_only_what_is_missing(tmp_path: Path, empty_registry: None) -> None:
     path = run("planted.ok", "quick", FAST, tmp_path, packages=PLANTED)
     lines = path.read_text().splitlines()
