@@ -9,8 +9,19 @@ writes them); they feed this section only, so a count never stands in for a time
 from __future__ import annotations
 
 from suite.instructions import CYCLES_METRIC, METRIC
-from suite.report_model import LOWER, Cell, Column, Section, Table, anchor, latest, metric_cell, params_text
-from suite.schema import Record, Status
+from suite.report_model import (
+    LOWER,
+    Cell,
+    Column,
+    Section,
+    Table,
+    anchor,
+    latest,
+    metric_cell,
+    number_cell,
+    params_text,
+)
+from suite.schema import Metric, Record, Status
 
 FOLDER = "instructions"  # sub-folder of results/ with counted records
 SPREAD_GOAL = 0.002  # between-run spread the counts are meant to stay under (issue 16)
@@ -28,8 +39,17 @@ def spread(run_values: list[float]) -> float | None:
 
 
 def _time_beside(timed: Record | None, prefix: str) -> Cell:
-    step = timed.metric(f"{prefix}step_time") if timed else None
-    return metric_cell(step, timed, 1e3, anchor(timed)) if timed and step else Cell("-")
+    """The timed run's step time of the same contender: `<prefix>step_time`, or the name
+    optimize gives its per-batch step times (`b8.` -> `latency.b8`)."""
+    if timed is None:
+        return Cell("-")
+    step = timed.metric(f"{prefix}step_time") or timed.metric(f"latency.{prefix.rstrip('.')}")
+    return metric_cell(step, timed, 1e3, anchor(timed))
+
+
+def _count_cell(metric: Metric | None) -> Cell:
+    """A count with its CI, never marked oversubscribed: load cannot move a count."""
+    return number_cell(metric.value, None, 1.0, metric.ci_low, metric.ci_high) if metric else Cell("-")
 
 
 def counts(counted: list[Record], timed: list[Record]) -> Section:
@@ -52,11 +72,11 @@ def counts(counted: list[Record], timed: list[Record]) -> Section:
                 spreads.append(apart)
             table.rows.append([
                 Cell(record.scenario, link=anchor(record)), Cell(params_text(record.params)), Cell(prefix or "-"),
-                metric_cell(metric, record),
+                _count_cell(metric),
                 Cell("-" if apart is None else f"{apart:.3%}", None if apart is None else apart * 100,
                      tone="bad" if apart is not None and apart > SPREAD_GOAL else ""),
                 Cell(str(len(metric.run_values)), float(len(metric.run_values))),
-                metric_cell(record.metric(f"{prefix}{CYCLES_METRIC}"), record),
+                _count_cell(record.metric(f"{prefix}{CYCLES_METRIC}")),
                 _time_beside(beside, prefix), Cell(record.git.commit[:8])])
     section.tables.append(table)
     skipped = Table([Column("scenario"), Column("configuration"), Column("why it is not counted")])

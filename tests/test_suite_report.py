@@ -219,6 +219,7 @@ def test_counts_sit_beside_the_timed_step_and_never_replace_it(tmp_path: Path) -
     (row,) = rows_of(built["counts"])
     counts = raw_metric(counted, "instructions_per_call")
     assert row[0].text == "training.baseline" and row[3].value == counts["value"]
+    assert any(run["oversubscribed"] for run in counted["runs"]) and row[3].flags == ()  # load cannot move a count
     assert row[4].value == pytest.approx((max(counts["run_values"]) / min(counts["run_values"]) - 1) * 100)
     assert row[5].value == len(counts["run_values"]) == 2
     assert row[6].value == raw_metric(counted, "estimated_cycles_per_call")["value"]
