@@ -207,9 +207,11 @@ def not_countable(requirements: list) -> str | None:
     return None
 
 
+@cache
 def compile_sources(root: Path, module: str) -> None:
     """Bytecode for the worker's own code (the harness, the references, the scenario's
-    package) before any counted run, so every run reads the same cache and none compiles."""
+    package) before the first counted run of a session, so every run reads the same cache
+    and none compiles."""
     import compileall
 
     for package in dict.fromkeys(("suite", "reference", module.split(".")[0])):

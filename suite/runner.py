@@ -274,10 +274,14 @@ def _load_runs(path: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
     return found
 
 
+def _run_line(key: tuple[str, str], outcome: dict[str, Any]) -> str:
+    """One kept run as a line of the side file (what `_load_runs` reads back)."""
+    return json.dumps({"scenario": key[0], "config_hash": key[1], "outcome": outcome}, default=str) + "\n"
+
+
 def _keep_run(path: Path, job: Job, outcome: dict[str, Any]) -> None:
     with path.open("a") as handle:
-        handle.write(json.dumps({"scenario": job.key[0], "config_hash": job.key[1], "outcome": outcome},
-                                default=str) + "\n")
+        handle.write(_run_line(job.key, outcome))
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -322,10 +326,8 @@ def _forget_runs(side: Path, done: set[tuple[str, str]]) -> None:
     if not others:
         side.unlink(missing_ok=True)
         return
-    lines = [json.dumps({"scenario": key[0], "config_hash": key[1], "outcome": outcome}, default=str)
-             for key, runs in others.items() for outcome in runs]
     partial = side.with_suffix(".runs.tmp")
-    partial.write_text("\n".join(lines) + "\n")
+    partial.write_text("".join(_run_line(key, outcome) for key, runs in others.items() for outcome in runs))
     partial.replace(side)
 
 
