@@ -50,7 +50,7 @@ class Trial:
     seed: int
     victim: str
     after_runs: int  # the fault strikes once this many worker runs have finished...
-    delay_s: float  # ...and this much later
+    delay_s: float  # ...and this much later (capped at half the time a run took)
     killed: str = ""  # what was killed, or why nothing was
     finished_before: int = 0  # records complete on disk when the fault struck
     lost: int = 0
@@ -153,6 +153,10 @@ def run_trial(seed: int, root: Path) -> Trial:
     sandbox = Sandbox(root)
     runner = sandbox.start()
     _wait_for(lambda: sandbox.finished_runs() >= trial.after_runs or runner.poll() is not None, 300)
+    # Strike inside the next run, not after the last one: at most half the time a run has taken
+    # so far (on a fast host two light runs end within the 2 s the seed may draw).
+    per_run_s = (time.monotonic() - began) / max(sandbox.finished_runs(), 1)
+    trial.delay_s = round(min(trial.delay_s, per_run_s / 2), 2)
     time.sleep(trial.delay_s)
     if runner.poll() is None:
         trial.killed = _strike(sandbox, runner, trial.victim)
