@@ -59,3 +59,13 @@ def test_torchrun_command_carries_the_node_layout() -> None:
     assert {"--nnodes=3", "--node-rank=2", "--nproc-per-node=4", "--rdzv-endpoint=10.0.0.1:29400",
             "--rdzv-backend=static"} <= set(command)
     assert command[-4:] == ["-m", "pkg.entry", "--x", "1"]
+
+
+def test_a_failed_launch_says_what_its_ranks_printed_last() -> None:
+    """A CI log or failed record shows why a launch failed, not only its exit status."""
+    script = "import sys; print('\\n'.join(f'line {i}' for i in range(40))); print('rank 1 aborted'); sys.exit(3)"
+    with pytest.raises(launch.LaunchFailed) as failed:
+        launch.run_command([sys.executable, "-c", script], 60)
+    message = str(failed.value)
+    assert failed.value.returncode == 3 and "rank 1 aborted" in message and "line 39" in message
+    assert "line 5\n" not in message  # the tail, not the whole output

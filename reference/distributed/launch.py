@@ -85,11 +85,23 @@ def deepspeed_environment(nproc: int, device: str) -> dict[str, str]:
     return env
 
 
+class LaunchFailed(subprocess.CalledProcessError):
+    """A launcher that exited non-zero. Its message ends with the last lines the ranks
+    printed, so a failed record or CI log says why, not only the exit status (the deepspeed
+    launcher exits 250 when a rank aborts: -6 as an exit status)."""
+
+    TAIL_LINES = 30
+
+    def __str__(self) -> str:
+        tail = "\n".join((self.output or "").splitlines()[-self.TAIL_LINES:])
+        return f"{super().__str__()} Its last lines:\n{tail}" if tail else super().__str__()
+
+
 def run_command(command: Sequence[str], timeout_s: float, env: dict[str, str] | None = None,
                 capture: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a launcher in a session of its own; on timeout kill the whole group, so no rank
     outlives it, nor outlives this process if it is killed (`reference.lifeline`). Raises
-    CalledProcessError (with the output, when captured) if it fails."""
+    LaunchFailed (with the output, when captured) if it fails."""
     stream = subprocess.PIPE if capture else None
     lifeline = Lifeline()
     process = subprocess.Popen(list(command), stdout=stream, stderr=subprocess.STDOUT if capture else None,
@@ -106,7 +118,7 @@ def run_command(command: Sequence[str], timeout_s: float, env: dict[str, str] | 
     finally:
         lifeline.cut()  # the ranks that outlived torchrun, if any, go now
     if process.returncode != 0:
-        raise subprocess.CalledProcessError(process.returncode, command, output=output)
+        raise LaunchFailed(process.returncode, command, output=output)
     return subprocess.CompletedProcess(command, 0, stdout=output)
 
 

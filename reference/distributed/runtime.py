@@ -91,7 +91,10 @@ def device_for(device: str, local_rank: int) -> torch.device:
 def process_group(backend: str, device: str, timeout_s: float = 300.0) -> Iterator[Session]:
     """Join the job's process group; leave it however the body ends. A rank that raises
     destroys its group, so its peers see a closed connection instead of waiting out the
-    collective timeout."""
+    collective timeout. A rank that finishes waits at a barrier first, so none closes
+    its connections while a peer is still inside a collective with it: gloo aborts a rank
+    whose connection is reset mid-collective (SIGABRT; CI once saw the deepspeed launcher
+    exit 250, a rank's -6, at the end of a hostfile job)."""
     validate(backend, device)
     info = RankInfo.from_environment()
     torch_device = device_for(device, info.local_rank)
@@ -100,6 +103,7 @@ def process_group(backend: str, device: str, timeout_s: float = 300.0) -> Iterat
                             device_id=torch_device if device == "cuda" else None)
     try:
         yield Session(info=info, device=torch_device, backend=backend)
+        dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
