@@ -9,6 +9,7 @@ round, so slow drift of the host cancels out.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -26,7 +27,7 @@ from suite.environment import fingerprint
 from suite.errors import SuiteError
 from suite.profiles import Budget
 from suite.requirements import first_unmet
-from suite.runner import REPO_ROOT, Job, RunHeader, merge_runs, plan, run_worker
+from suite.runner import REPO_ROOT, Job, RunHeader, merge_runs, plan, run_side_by_side, started_worker, worker_places
 from suite.schema import Git, Record, Status, append_record
 
 WORKER_PROTOCOL_MARK = "PROTOCOL = 2"  # in suite/worker.py of every commit `ab` can run
@@ -95,18 +96,22 @@ def run_rounds(sides: tuple[Side, Side], rounds: int,
             unmet = first_unmet(job.cls().requirements(job.params))
             if unmet is not None:
                 job.outcomes = [{"status": Status.skipped.value, "reason": unmet, "duration_s": 0.0}]
+    places = worker_places()
     for round_index in range(rounds):
-        for position in range(len(sides[0].jobs)):
-            for which in _order(round_index):
-                side = sides[which]
-                job = side.jobs[position]
+        due = [(sides[which], sides[which].jobs[position]) for position in range(len(sides[0].jobs))
+               for which in _order(round_index)]
+        started += sum(job.finished for _, job in due)
+        due = [(side, job) for side, job in due if not job.finished]
+        for first in range(0, len(due), len(places)):
+            batch = due[first:first + len(places)]
+            for side, job in batch:
                 started += 1
-                if job.finished:
-                    continue
                 if on_start:
                     on_start(f"{side.name} {job.label} round {round_index + 1}/{rounds}", started, total)
-                job.outcomes.append(run_worker(side.header, job.cls, job.params, replicate=round_index,
-                                               conformance=not job.outcomes, artifacts=None))
+            starts = [functools.partial(started_worker, side.header, job.cls, job.params, replicate=round_index,
+                                        conformance=not job.outcomes, artifacts=None) for side, job in batch]
+            for (_, job), outcome in zip(batch, run_side_by_side(starts, places)):
+                job.outcomes.append(outcome)
     for side in sides:
         for job in side.jobs:
             status, reason, merged, runs = merge_runs(job.outcomes)

@@ -18,16 +18,18 @@ atomically with the old one kept (`<results>.replaced`).
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -112,21 +114,24 @@ def _tail(path: Path) -> str:
     return text[-STDERR_TAIL:]
 
 
-def run_worker(header: RunHeader, cls: type[registry.Scenario], params: dict[str, Any], *,
-               replicate: int, conformance: bool, artifacts: Path | None) -> dict[str, Any]:
-    """One worker process in a session of its own (so a timeout kills its whole tree:
-    torchrun ranks, servers), pinned to the CPUs chosen for it. It dies with this process,
-    however this process dies (a parent-death signal, and a lifeline watcher for its
-    group), and what it left in the temp dir is removed when it ends. Returns its
-    outcome: status, reason, metrics, checks, provenance, host state and duration."""
+@contextmanager
+def started_worker(header: RunHeader, cls: type[registry.Scenario], params: dict[str, Any], *,
+                   replicate: int, conformance: bool, artifacts: Path | None,
+                   cpus: list[int] | None = None) -> Iterator[Callable[[], dict[str, Any]]]:
+    """Start one worker process in a session of its own (so a timeout kills its whole tree:
+    torchrun ranks, servers), pinned to `cpus` or the least busy CPUs; yield the function
+    that waits for its outcome: status, reason, metrics, checks, provenance, host state and
+    duration. It dies with this process, however this process dies (a lifeline watcher for
+    its group), or when the context is left, and what it left in the temp dir goes too."""
     counting = instructions.requested()  # `--count instructions`: under callgrind, one thread, no conformance
     if counting and (skip := instructions.unavailable() or instructions.not_countable(cls().requirements(params))):
-        return {"status": Status.skipped.value, "reason": skip, "duration_s": 0.0}
+        yield lambda: {"status": Status.skipped.value, "reason": skip, "duration_s": 0.0}
+        return
     conformance = conformance and not counting
     # Counted runs write no artifacts either: every run's job must be the same bytes, since
     # even the length of a path parsed before the region moves the heap, and with it counts.
     artifacts = None if counting else artifacts
-    cpus = host.choose_cpus(1 if counting else header.budget.threads)
+    cpus = cpus or host.choose_cpus(1 if counting else header.budget.threads)
     with leftovers.job_folder() as tmp:
         job, result, log = Path(tmp, "job.json"), Path(tmp, "result.json"), Path(tmp, "log.txt")
         job.write_text(json.dumps({
@@ -136,6 +141,7 @@ def run_worker(header: RunHeader, cls: type[registry.Scenario], params: dict[str
             "replicate": replicate, "conformance": conformance, "runner_pid": os.getpid(),
         }))
         start = time.perf_counter()
+        timeout_s = cls.timeout_s * (instructions.TIMEOUT_FACTOR if counting else 1)
 
         def failed(reason: str) -> dict[str, Any]:
             return {"status": Status.error.value, "reason": reason, "duration_s": time.perf_counter() - start}
@@ -152,24 +158,47 @@ def run_worker(header: RunHeader, cls: type[registry.Scenario], params: dict[str
                 command, stdout=log_handle, stderr=subprocess.STDOUT, start_new_session=True, env=env,
                 cwd=header.root, preexec_fn=lifeline.announce,
             )
+
+            def outcome() -> dict[str, Any]:
+                try:
+                    code = process.wait(timeout=max(0.0, start + timeout_s - time.perf_counter()))
+                except subprocess.TimeoutExpired:
+                    return failed(f"timed out after {cls.timeout_s:.0f}s; last output: {_tail(log)}")
+                finally:
+                    _kill_group(process)  # reap anything the scenario left running
+                if not result.exists():
+                    return failed(f"worker exited with code {code} and no result: {_tail(log)}")
+                found = json.loads(result.read_text())
+                if counting:
+                    found = instructions.counted_outcome(found, Path(tmp))
+                found["duration_s"] = time.perf_counter() - start
+                return found
+
             try:
-                code = process.wait(timeout=cls.timeout_s * (instructions.TIMEOUT_FACTOR if counting else 1))
-            except subprocess.TimeoutExpired:
-                _kill_group(process)
-                return failed(f"timed out after {cls.timeout_s:.0f}s; last output: {_tail(log)}")
-            except BaseException:
-                _kill_group(process)
-                raise
+                yield outcome
             finally:
-                _kill_group(process)  # reap anything the scenario left running
+                _kill_group(process)
                 lifeline.cut()
-        if not result.exists():
-            return failed(f"worker exited with code {code} and no result: {_tail(log)}")
-        outcome = json.loads(result.read_text())
-        if counting:
-            outcome = instructions.counted_outcome(outcome, Path(tmp))
-        outcome["duration_s"] = time.perf_counter() - start
-        return outcome
+
+
+def worker_places() -> list[list[int] | None]:
+    """Where the workers that run at once go. Timed runs take turns (one would time the
+    others): one worker, placed by `started_worker`. Counted runs need not, since a count
+    does not move with load: one per CPU this process may use, within the cgroup quota."""
+    if not instructions.requested():
+        return [None]
+    quota = host.cgroup_cpus()
+    allowed = len(host.affinity())
+    return [[cpu] for cpu in host.choose_cpus(max(1, min(allowed, math.floor(quota)) if quota else allowed))]
+
+
+def run_side_by_side(starts: Sequence[Callable[..., AbstractContextManager[Callable[[], dict[str, Any]]]]],
+                     places: Sequence[list[int] | None]) -> list[dict[str, Any]]:
+    """Start every worker (each a `started_worker` context, given its CPUs), then collect
+    their outcomes in order; leaving early (Ctrl-C) stops them all."""
+    with ExitStack() as stack:
+        waits = [stack.enter_context(start(cpus=cpus)) for start, cpus in zip(starts, places)]
+        return [wait() for wait in waits]
 
 
 def merge_runs(outcomes: list[dict[str, Any]]) -> tuple[Status, str, dict[str, Any], list[RunHost]]:
@@ -255,10 +284,11 @@ def plan(jobs: list[tuple[type[registry.Scenario], dict[str, Any]]], budget: Bud
             for cls, params in jobs]
 
 
-def round_robin(jobs: list[Job]) -> Iterator[Job]:
-    """Run r of every job before run r+1 of any: slow drift of the host spreads over all."""
-    while pending := [job for job in jobs if not job.finished]:
-        yield from (job for job in pending if not job.finished)
+def next_runs(jobs: list[Job], at_once: int) -> list[Job]:
+    """The jobs whose next run starts now, round robin: run r of every job before run r+1
+    of any (slow drift of the host spreads over all), at most one run of a job at a time."""
+    pending = sorted((job for job in jobs if not job.finished), key=lambda job: len(job.outcomes))
+    return pending[:at_once]
 
 
 def _load_runs(path: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -305,17 +335,22 @@ def session(header: RunHeader, jobs: list[Job], path: Path, out_dir: Path, *,
             job.outcomes = [{"status": Status.skipped.value, "reason": unmet, "duration_s": 0.0}]
         if job.finished:  # skipped, or every run kept but killed before its record was written
             _finish(header, job, path, on_record, replacing)
-    for job in round_robin(jobs):
-        started += 1
-        if on_start:
-            on_start(f"{job.label} run {len(job.outcomes) + 1}/{job.replicates}", started, total)
-        artifacts = out_dir / "artifacts" / header.run_id / job.cls.id / job.key[1]
-        outcome = run_worker(header, job.cls, job.params, replicate=len(job.outcomes),
-                             conformance=not job.outcomes, artifacts=artifacts if not job.outcomes else None)
-        job.outcomes.append(outcome)
-        _keep_run(side, job, outcome)
-        if job.finished:
-            _finish(header, job, path, on_record, replacing)
+    places = worker_places()
+    while batch := next_runs(jobs, len(places)):
+        for job in batch:
+            started += 1
+            if on_start:
+                on_start(f"{job.label} run {len(job.outcomes) + 1}/{job.replicates}", started, total)
+        starts = [functools.partial(started_worker, header, job.cls, job.params, replicate=len(job.outcomes),
+                                    conformance=not job.outcomes,
+                                    artifacts=None if job.outcomes else
+                                    out_dir / "artifacts" / header.run_id / job.cls.id / job.key[1])
+                  for job in batch]
+        for job, outcome in zip(batch, run_side_by_side(starts, places)):
+            job.outcomes.append(outcome)
+            _keep_run(side, job, outcome)
+            if job.finished:
+                _finish(header, job, path, on_record, replacing)
     _forget_runs(side, {job.key for job in jobs})
 
 

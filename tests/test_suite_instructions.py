@@ -195,18 +195,44 @@ def test_a_tiny_step_counts_the_same_twice_and_a_planted_loop_is_caught(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # two workers under Valgrind on a shared 2-core host
+@pytest.mark.timeout(1800)  # four workers under Valgrind on a shared 2-core host
 @needs_valgrind
-def test_a_counted_run_records_instructions_per_call_instead_of_times(tmp_path, monkeypatch):
-    from suite.runner import run
+def test_counted_runs_record_instructions_per_call_and_run_side_by_side(tmp_path, monkeypatch):
+    import time
+
+    from suite.runner import run, worker_places
     from suite.schema import load_records
 
     monkeypatch.setenv(instructions.MODE_ENV, instructions.MODE)
     budget = PROFILES["quick"].model_copy(update={"replicates": 2})
-    path = run("planted.ok", "quick", budget, tmp_path, where={"n": "1"}, packages=("tests.planted",))
-    (record,) = load_records(path)
-    assert record.status.value == "ok", record.reason
-    assert [m.name for m in record.metrics] == ["instructions_per_call", "estimated_cycles_per_call"]
-    first, second = record.metrics[0].run_values
-    assert abs(second / first - 1) <= STATED_SPREAD, (first, second)
-    assert record.checks == []  # conformance is the timed run's job
+    started = time.perf_counter()
+    path = run("planted.ok", "quick", budget, tmp_path, packages=("tests.planted",))
+    wall = time.perf_counter() - started
+    records = load_records(path)
+    assert [r.params["n"] for r in records] == [1, 2]
+    for record in records:
+        assert record.status.value == "ok", record.reason
+        assert [m.name for m in record.metrics] == ["instructions_per_call", "estimated_cycles_per_call"]
+        first, second = record.metrics[0].run_values
+        assert abs(second / first - 1) <= STATED_SPREAD, (first, second)
+        assert record.checks == []  # conformance is the timed run's job
+    # The two configurations' runs went side by side (one worker per CPU), whatever the
+    # load: two workers alive at once add up to more worker time than the session's wall.
+    worker_time = sum(run.duration_s for record in records for run in record.runs)
+    if len(worker_places()) > 1:
+        assert worker_time > 1.3 * wall, (worker_time, wall)
+    else:
+        assert worker_time <= wall
+
+
+def test_timed_runs_take_turns_and_counted_ones_take_a_cpu_each(monkeypatch):
+    from suite import host
+    from suite.runner import worker_places
+
+    monkeypatch.delenv(instructions.MODE_ENV, raising=False)
+    assert worker_places() == [None]
+    monkeypatch.setenv(instructions.MODE_ENV, instructions.MODE)
+    cpus = [cpu for (cpu,) in worker_places()]
+    assert len(set(cpus)) == len(cpus) and set(cpus) <= set(host.affinity())
+    quota = host.cgroup_cpus()
+    assert len(cpus) == (len(host.affinity()) if quota is None else max(1, min(len(host.affinity()), int(quota))))
