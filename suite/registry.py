@@ -49,6 +49,16 @@ class Scenario:
         """Requirements for one point of the grid; override when they depend on params."""
         return list(self.requires)
 
+    # Why instruction counts cannot measure this scenario ("" when they can): its work is in
+    # other processes (a server under load) or it times no in-process step (error rates over
+    # trials, a study). Said up front, the runner skips it before starting Valgrind instead
+    # of finding out after a slow run under it.
+    not_counted: ClassVar[str] = ""
+
+    def uncounted(self, params: dict[str, Any]) -> str:
+        """`not_counted`, or why this point of the grid cannot be counted."""
+        return self.not_counted
+
     def setup(self, ctx: RunContext) -> None:
         """Build models and data; not timed."""
 

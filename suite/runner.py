@@ -124,7 +124,8 @@ def started_worker(header: RunHeader, cls: type[registry.Scenario], params: dict
     duration. It dies with this process, however this process dies (a lifeline watcher for
     its group), or when the context is left, and what it left in the temp dir goes too."""
     counting = instructions.requested()  # `--count instructions`: under callgrind, one thread, no conformance
-    if counting and (skip := instructions.unavailable() or instructions.not_countable(cls().requirements(params))):
+    if counting and (skip := instructions.unavailable() or cls().uncounted(params)
+                     or instructions.not_countable(cls().requirements(params))):
         yield lambda: {"status": Status.skipped.value, "reason": skip, "duration_s": 0.0}
         return
     conformance = conformance and not counting

@@ -213,12 +213,12 @@ def time_interleaved(contenders: Mapping[str, Callable[[], Any] | SampleSource],
         else:
             fn: Callable[[], Any] = contender  # type: ignore[assignment]
             firsts[name] = time_once(fn, device)[0] if first_call else None
-            warm[name] = _warm_up(fn, budget, sync)
             # Counted, a sample is one call: calls sized by the clock would vary run to run.
+            if counting:
+                instructions.check_affordable(name, fn, calls=1)
+            warm[name] = _warm_up(fn, budget, sync)
             calls[name] = 1 if counting else _calls_per_sample(fn, overhead, sync)
             source = _Clocked(fn, device, calls[name])
-            if counting:
-                instructions.check_affordable(name, fn, calls[name])
         sources[name] = source
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     started = time.perf_counter()

@@ -236,3 +236,20 @@ def test_timed_runs_take_turns_and_counted_ones_take_a_cpu_each(monkeypatch):
     assert len(set(cpus)) == len(cpus) and set(cpus) <= set(host.affinity())
     quota = host.cgroup_cpus()
     assert len(cpus) == (len(host.affinity()) if quota is None else max(1, min(len(host.affinity()), int(quota))))
+
+
+def test_a_scenario_that_cannot_be_counted_is_skipped_before_valgrind_starts(tmp_path, monkeypatch):
+    """Its reason comes from the scenario; no worker ran (a study under Valgrind would take
+    an hour to find out that it times nothing in-process)."""
+    pytest.importorskip("scipy")
+    from reference.monitoring.scenarios import NOT_COUNTED, PrometheusMonitoring
+    from suite.runner import run
+    from suite.schema import load_records
+
+    monkeypatch.setenv(instructions.MODE_ENV, instructions.MODE)
+    path = run("monitoring.drift.power", "quick", PROFILES["quick"], tmp_path)
+    records = load_records(path)
+    assert records and all(r.status.value == "skipped" and r.reason == NOT_COUNTED for r in records)
+    assert all(run.duration_s == 0 for r in records for run in r.runs)
+    assert PrometheusMonitoring().uncounted({"mode": "instrumentation"}) == ""
+    assert "Prometheus" in PrometheusMonitoring().uncounted({"mode": "server"})

@@ -30,6 +30,8 @@ from suite.schema import Check, Metric
 # One process run per record: every run starts real servers and measures several load windows
 # and rounds of its own; replicating the whole run would triple the profile's time for little.
 MAX_REPLICATES = 1
+NOT_COUNTED = ("instruction counts: a server under load times itself and does its work in its own processes; "
+               "callgrind counts only the worker process's region")
 
 MODEL = (Package("torch"), Package("scikit-learn", module="sklearn"), Package("numpy"))
 HTTP = (Package("fastapi"), Package("uvicorn"), Package("httpx"), Package("msgspec"),
@@ -194,6 +196,7 @@ def goodput_metrics(search: Any, prefix: str = "") -> tuple[list[Metric], dict[s
 class ServerScenario(Scenario):
     """Start a real server in setup (cold start measured), drive it with the load
     generator in measure, judge it in check, stop it in teardown."""
+    not_counted = NOT_COUNTED
 
     server: ClassVar[str]
 
@@ -363,6 +366,7 @@ class ServeSideBySide(Scenario):
     their closed-loop windows and the raw in-process limit interleaved in one session
     (suite.timing.time_interleaved), so throughput ratios between servers come with a CI
     measured in the same minutes; then goodput by search for each."""
+    not_counted = NOT_COUNTED
 
     def setup(self, ctx: RunContext) -> None:
         from reference.serving import deployments
@@ -489,6 +493,7 @@ class ServeLoadgen(Scenario):
     and theirs interleaved by suite.timing.time_interleaved, so drift hits both alike;
     the ratio of throughputs (and of median latencies) with a bootstrap CI, plus the
     generator's own capacity."""
+    not_counted = NOT_COUNTED
 
     def requirements(self, params: dict[str, Any]) -> list[Requirement]:
         return [*MODEL, *HTTP, Binary(params["tool"])]
@@ -564,6 +569,7 @@ class ServeLoadgen(Scenario):
           profiles={"quick": {"format": ["torchscript"]}}, requires=(*MODEL, *HTTP), timeout_s=300)
 class ServeWarmup(Scenario):
     """First-request latency of the reference server started without and with warm-up."""
+    not_counted = NOT_COUNTED
 
     def requirements(self, params: dict[str, Any]) -> list[Requirement]:
         return [*MODEL, *HTTP, *(ONNX if params["format"] == "onnx" else ())]

@@ -24,6 +24,8 @@ from suite.schema import Check, Metric
 
 # One process run per record: a run is a whole study of many trials, already repeated inside.
 MAX_REPLICATES = 1
+NOT_COUNTED = ("instruction counts: a whole study (accuracy against trials or wall time), not a timed in-process "
+               "step")
 
 OPTUNA = (Package("optuna"), Package("torch"), Package("scikit-learn", module="sklearn"),
           Package("matplotlib"))
@@ -114,6 +116,7 @@ class TuneOptuna(WorkDir, Scenario):
 class TuneOptunaPruning(Scenario):
     """MedianPruner on digits: half the trials are hopeless by step 2 and must be stopped
     there; compute saved; the same seed gives the same pruning decisions."""
+    not_counted = NOT_COUNTED
 
     def setup(self, ctx: RunContext) -> None:
         from reference.tuning import conformance
@@ -206,6 +209,7 @@ class TuneOptunaWorkers(WorkDir, Scenario):
 class TuneQuality(Scenario):
     """TPE against random search at a fixed trial budget, over several seeds: best-so-far
     regret curves with CIs, and whether TPE's final regret is lower (paired by seed)."""
+    not_counted = NOT_COUNTED
 
     def setup(self, ctx: RunContext) -> None:
         from reference.tuning import objectives
@@ -260,6 +264,7 @@ class TuneAnytime(WorkDir, Scenario):
     """Digits: best-so-far validation accuracy against wall time for TPE, random search
     and ASHA (Ray Tune), each run sequentially on one CPU so wall times compare; wall time
     to reach a target accuracy. (Whether TPE beats random is tuning.quality's claim.)"""
+    not_counted = NOT_COUNTED
 
     def requirements(self, params: dict[str, Any]) -> list[Requirement]:
         return list(RAY if "asha" in params["methods"].split(",") else OPTUNA)
@@ -388,6 +393,7 @@ class TuneRay(WorkDir, Scenario):
 class TuneSweep(WorkDir, Scenario):
     """A W&B sweep config (reference/tuning/sweeps/digits-<method>.yaml) run locally through
     Optuna or Ray Tune: it runs the trials it promises, inside its declared space."""
+    not_counted = NOT_COUNTED
 
     def requirements(self, params: dict[str, Any]) -> list[Requirement]:
         return list(RAY if params["backend"] == "ray" else OPTUNA)
