@@ -8,12 +8,10 @@ never code to unpickle.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -135,18 +133,10 @@ def eager(model: DigitsMLP, rows: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(np.asarray(rows, dtype=np.float32))).numpy()
 
 
-@cache
-def _digits() -> np.ndarray:
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError("the digits inputs come with scikit-learn; pip install scikit-learn")
-    table = np.loadtxt(Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz", delimiter=",",
-                       dtype=np.float32)
-    return table[:, :-1]  # the last column is the label
-
-
 def digits_rows(count: int | None = None) -> np.ndarray:
-    """Real inputs: scikit-learn's 8x8 digits as float32 rows in [0, 16], read from the
-    file scikit-learn ships (the same table as `load_digits`, without importing it)."""
-    rows = _digits()
-    return (rows if count is None else rows[:count]).copy()
+    """Real inputs: scikit-learn's 8x8 digits as float32 rows in [0, 16]
+    (`reference.training.data.digits_table`: without importing scikit-learn)."""
+    from reference.training.data import digits_table
+
+    rows = digits_table()[0]
+    return (rows if count is None else rows[:count]).astype(np.float32)
