@@ -39,6 +39,16 @@ def bench_cpu(session: nox.Session) -> None:
     session.run("mlsuite", "report", "--results", str(RESULTS))
 
 
+@nox.session(name="bench-count")
+def bench_count(session: nox.Session) -> None:
+    """The quick profile's in-process steps counted under callgrind, one run each (README:
+    Instruction counts), into results/instructions/; then the report."""
+    install(session, "all")
+    session.run("mlsuite", "run", "--profile", "quick", "--count", "instructions", "--replicates", "1",
+                "--out", str(RESULTS), *session.posargs)
+    session.run("mlsuite", "report", "--results", str(RESULTS))
+
+
 @nox.session(name="bench-gpu", venv_backend="none")
 def bench_gpu(session: nox.Session) -> None:
     """The gpu profile with this interpreter (which must have CUDA torch), then the report."""

@@ -71,6 +71,9 @@ def build_parser() -> Parser:
     p.add_argument("--track", default=None, metavar="TOOL",
                    help="also log every record, as it is written, to this tracker (mlflow, tensorboard, wandb)")
     p.add_argument("--track-dir", type=Path, default=None, help="the tracker's store (default: <out>/tracking/<tool>)")
+    p.add_argument("--replicates", type=int, default=None, metavar="R",
+                   help="process runs per configuration instead of the profile's (a count pass needs 1: counts of "
+                        "two runs agree within 0.05%%)")
 
     p = sub.add_parser("compare", help="per-metric table: run-level change, CI, verdict")
     p.add_argument("baseline", type=Path)
@@ -188,6 +191,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from suite.runner import run
 
     budget = load_budget(args.profile, args.config)
+    if args.replicates is not None:
+        if args.replicates < 1:
+            raise SuiteError("--replicates must be at least 1")
+        budget = budget.model_copy(update={"replicates": args.replicates})
     where = parse_where(args)
     track = None
     if args.track:

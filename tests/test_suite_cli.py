@@ -45,6 +45,7 @@ def test_list_shows_registered_scenarios_as_json() -> None:
     (("run", "--only", "training.*", "--where", "modle=mlp"), "--where modle: no selected scenario has that parameter"),
     (("ab", "HEAD", "no-such-rev-xyz", "--only", "training.baseline"), "is not a commit"),
     (("ab", "HEAD", "HEAD", "--rounds", "1", "--only", "training.baseline"), "--rounds must be at least 2"),
+    (("run", "--only", "training.baseline", "--replicates", "0"), "--replicates must be at least 1"),
 ])
 def test_bad_arguments(args: tuple[str, ...], fragment: str) -> None:
     one_line_error(mlsuite(*args), fragment)
@@ -133,11 +134,15 @@ def test_unknown_tracker_is_a_one_line_error(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_run_logs_each_record_to_the_tracker(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
+    from suite.schema import load_records
+
     result = mlsuite("--packages", "tests.planted,reference", "run", "--only", "planted.ok", "--track", "tensorboard",
-                     "--out", str(tmp_path))
+                     "--replicates", "1", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     runs = sorted(p.name for p in (tmp_path / "tracking" / "tensorboard").iterdir())
     assert len(runs) == 2 and all(name.startswith("planted.ok-") for name in runs)
+    (results,) = tmp_path.glob("*.jsonl")
+    assert [len(r.runs) for r in load_records(results)] == [1, 1]  # --replicates, not the profile's 3
 
 
 def test_report_links_artifacts_written_under_results(tmp_path: Path) -> None:
