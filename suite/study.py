@@ -194,9 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         config.write_text(FAST_BUDGET)
         for condition in args.conditions.split(","):
             hog = condition == "hog"
-            plan = [("aa", "HEAD", s, w) for _ in range(args.aa) for s, w in scenarios.items()]
-            plan += [(plant.name, commits[plant.name], PLANTED_IN, SCENARIOS[PLANTED_IN])
-                     for _ in range(args.planted) for plant in plants]
+            # Interleaved (A/A, each plant, A/A, ...): a study stopped early is still balanced.
+            plan = [decision for i in range(max(args.aa, args.planted)) for decision in [
+                *(("aa", "HEAD", s, w) for s, w in scenarios.items() if i < args.aa),
+                *((plant.name, commits[plant.name], PLANTED_IN, SCENARIOS[PLANTED_IN])
+                  for plant in plants if i < args.planted)]]
             for kind, head, only, where in plan:
                 with cpu_hog(hog, 3600):
                     found = decide(clone, "HEAD", head, only, where, args.rounds, config, Path(tmp, "ab"), count)
