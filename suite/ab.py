@@ -9,14 +9,13 @@ round, so slow drift of the host cancels out.
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +26,17 @@ from suite.environment import fingerprint
 from suite.errors import SuiteError
 from suite.profiles import Budget
 from suite.requirements import first_unmet
-from suite.runner import REPO_ROOT, Job, RunHeader, merge_runs, plan, run_side_by_side, started_worker, worker_places
+from suite.runner import (
+    REPO_ROOT,
+    Job,
+    RunHeader,
+    Worker,
+    merge_runs,
+    plan,
+    run_pooled,
+    started_worker,
+    worker_places,
+)
 from suite.schema import Git, Record, Status, append_record
 
 WORKER_PROTOCOL_MARK = "PROTOCOL = 2"  # in suite/worker.py of every commit `ab` can run
@@ -89,29 +98,34 @@ def _order(round_index: int) -> tuple[int, int]:
 
 def run_rounds(sides: tuple[Side, Side], rounds: int,
                on_start: Callable[[str, int, int], None] | None = None) -> None:
-    """Every job's runs of both sides, round by round, alternating which side goes first."""
-    total, started = rounds * 2 * len(sides[0].jobs), 0
+    """Every job's runs of both sides, round by round, alternating which side goes first
+    (timed runs one at a time; counted runs side by side, `runner.worker_places`)."""
     for side in sides:
         for job in side.jobs:
             unmet = first_unmet(job.cls().requirements(job.params))
             if unmet is not None:
                 job.outcomes = [{"status": Status.skipped.value, "reason": unmet, "duration_s": 0.0}]
-    places = worker_places()
-    for round_index in range(rounds):
-        due = [(sides[which], sides[which].jobs[position]) for position in range(len(sides[0].jobs))
-               for which in _order(round_index)]
-        started += sum(job.finished for _, job in due)
-        due = [(side, job) for side, job in due if not job.finished]
-        for first in range(0, len(due), len(places)):
-            batch = due[first:first + len(places)]
-            for side, job in batch:
-                started += 1
+    due = [(round_index, sides[which], sides[which].jobs[position]) for round_index in range(rounds)
+           for position in range(len(sides[0].jobs)) for which in _order(round_index)]
+    total = len(due)
+
+    def pick(running: list[tuple[int, Side, Job]]) -> tuple[int, Side, Job] | None:
+        due[:] = [entry for entry in due if not entry[2].finished]  # a broken first run is not replicated
+        for entry in due:
+            round_index, side, job = entry
+            if all(job is not other[2] for other in running):  # a job's runs one at a time
+                due.remove(entry)
                 if on_start:
-                    on_start(f"{side.name} {job.label} round {round_index + 1}/{rounds}", started, total)
-            starts = [functools.partial(started_worker, side.header, job.cls, job.params, replicate=round_index,
-                                        conformance=not job.outcomes, artifacts=None) for side, job in batch]
-            for (_, job), outcome in zip(batch, run_side_by_side(starts, places)):
-                job.outcomes.append(outcome)
+                    on_start(f"{side.name} {job.label} round {round_index + 1}/{rounds}", total - len(due), total)
+                return entry
+        return None
+
+    def start(entry: tuple[int, Side, Job], cpus: list[int] | None) -> AbstractContextManager[Worker]:
+        round_index, side, job = entry
+        return started_worker(side.header, job.cls, job.params, replicate=round_index,
+                              conformance=not job.outcomes, artifacts=None, cpus=cpus)
+
+    run_pooled(pick, start, lambda entry, outcome: entry[2].outcomes.append(outcome), worker_places())
     for side in sides:
         for job in side.jobs:
             status, reason, merged, runs = merge_runs(job.outcomes)

@@ -175,9 +175,11 @@ def counting_budget(budget, self_timed: bool):  # Budget -> Budget
     return budget.model_copy(update={"min_samples": SAMPLES, "max_samples": SAMPLES, "warmup_s": 0.0})
 
 
-def check_affordable(contender: str, fn, calls: int) -> None:
-    """Skip a contender whose counted region would outlast MAX_REGION_S, estimated from
-    one warm call's CPU time under Valgrind (uninstrumented) times the instrumented slowdown.
+def check_affordable(contender: str, fn, calls: int, contenders: int = 1) -> None:
+    """Skip a contender whose counted region would outlast its share of MAX_REGION_S (the
+    run's `contenders` split it: three batch sizes of an LSTM at 300 s each kept a worker
+    counting for over 9 minutes), estimated from one warm call's CPU time under Valgrind
+    (uninstrumented) times the instrumented slowdown.
     Called before the warm-up, so a step too long to count costs two calls, not the whole
     warm-up (a CNN step took 4-5 minutes to be refused); the first call pays the one-time
     costs (oneDNN generating its kernels) and is not timed."""
@@ -189,9 +191,10 @@ def check_affordable(contender: str, fn, calls: int) -> None:
     start = time.process_time()  # CPU time: load on the host does not make a step look long
     fn()
     estimate = (time.process_time() - start) * calls * SAMPLES * INSTRUMENTED_SLOWDOWN
-    if estimate > MAX_REGION_S:
+    if estimate > MAX_REGION_S / contenders:
         raise Skip(f"instruction counts: the step of {contender or 'the scenario'!r} is too long to count "
-                   f"(~{estimate:.0f} CPU s under callgrind for {SAMPLES} samples; limit {MAX_REGION_S:.0f} s)")
+                   f"(~{estimate:.0f} CPU s under callgrind for {SAMPLES} samples; limit {MAX_REGION_S:.0f} s "
+                   f"for the run's {contenders} contender{'s' if contenders > 1 else ''})")
 
 
 def region(contender: str, calls: int, counting: bool):  # ContextManager

@@ -18,7 +18,6 @@ atomically with the old one kept (`<results>.replaced`).
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
 import json
 import math
@@ -33,7 +32,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import suite
 from reference.lifeline import Lifeline
@@ -58,6 +57,8 @@ from suite.schema import (
 )
 
 STDERR_TAIL = 1500
+POLL_S = 0.2  # how often a pool of workers is looked at
+T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -114,19 +115,27 @@ def _tail(path: Path) -> str:
     return text[-STDERR_TAIL:]
 
 
+@dataclass(frozen=True)
+class Worker:
+    """A started worker: whether it has ended (or run out of time), and its outcome
+    (status, reason, metrics, checks, provenance, host state, duration), waiting for it."""
+
+    done: Callable[[], bool]
+    outcome: Callable[[], dict[str, Any]]
+
+
 @contextmanager
 def started_worker(header: RunHeader, cls: type[registry.Scenario], params: dict[str, Any], *,
                    replicate: int, conformance: bool, artifacts: Path | None,
-                   cpus: list[int] | None = None) -> Iterator[Callable[[], dict[str, Any]]]:
+                   cpus: list[int] | None = None) -> Iterator[Worker]:
     """Start one worker process in a session of its own (so a timeout kills its whole tree:
-    torchrun ranks, servers), pinned to `cpus` or the least busy CPUs; yield the function
-    that waits for its outcome: status, reason, metrics, checks, provenance, host state and
-    duration. It dies with this process, however this process dies (a lifeline watcher for
-    its group), or when the context is left, and what it left in the temp dir goes too."""
+    torchrun ranks, servers), pinned to `cpus` or the least busy CPUs. It dies with this
+    process, however this process dies (a lifeline watcher for its group), or when the
+    context is left, and what it left in the temp dir goes too."""
     counting = instructions.requested()  # `--count instructions`: under callgrind, one thread, no conformance
     if counting and (skip := instructions.unavailable() or cls().uncounted(params)
                      or instructions.not_countable(cls().requirements(params))):
-        yield lambda: {"status": Status.skipped.value, "reason": skip, "duration_s": 0.0}
+        yield Worker(lambda: True, lambda: {"status": Status.skipped.value, "reason": skip, "duration_s": 0.0})
         return
     conformance = conformance and not counting
     # Counted runs write no artifacts either: every run's job must be the same bytes, since
@@ -175,8 +184,11 @@ def started_worker(header: RunHeader, cls: type[registry.Scenario], params: dict
                 found["duration_s"] = time.perf_counter() - start
                 return found
 
+            def done() -> bool:
+                return process.poll() is not None or time.perf_counter() > start + timeout_s
+
             try:
-                yield outcome
+                yield Worker(done, outcome)
             finally:
                 _kill_group(process)
                 lifeline.cut()
@@ -193,13 +205,33 @@ def worker_places() -> list[list[int] | None]:
     return [[cpu] for cpu in host.choose_cpus(max(1, min(allowed, math.floor(quota)) if quota else allowed))]
 
 
-def run_side_by_side(starts: Sequence[Callable[..., AbstractContextManager[Callable[[], dict[str, Any]]]]],
-                     places: Sequence[list[int] | None]) -> list[dict[str, Any]]:
-    """Start every worker (each a `started_worker` context, given its CPUs), then collect
-    their outcomes in order; leaving early (Ctrl-C) stops them all."""
-    with ExitStack() as stack:
-        waits = [stack.enter_context(start(cpus=cpus)) for start, cpus in zip(starts, places)]
-        return [wait() for wait in waits]
+def run_pooled(pick: Callable[[list[T]], T | None],
+               start: Callable[[T, list[int] | None], AbstractContextManager[Worker]],
+               finish: Callable[[T, dict[str, Any]], None], places: Sequence[list[int] | None]) -> None:
+    """Keep every place busy: whenever one is free, start `pick(running tasks)` there (None:
+    nothing to start now), and hand each outcome to `finish` as it comes in. Leaving early
+    (Ctrl-C, an exception) stops every worker still running."""
+    running: list[tuple[T, int, ExitStack, Worker]] = []
+    try:
+        while True:
+            while len(running) < len(places) and (task := pick([entry[0] for entry in running])) is not None:
+                slot = min(set(range(len(places))) - {entry[1] for entry in running})
+                stack = ExitStack()
+                running.append((task, slot, stack, stack.enter_context(start(task, places[slot]))))
+            if not running:
+                return
+            # One place (timed runs): wait on it, so the runner stays asleep while a run is timed.
+            ended = [entry for entry in running if len(places) == 1 or entry[3].done()]
+            if not ended:
+                time.sleep(POLL_S)
+            for entry in ended:
+                running.remove(entry)
+                with entry[2]:
+                    outcome = entry[3].outcome()
+                finish(entry[0], outcome)
+    finally:
+        for entry in running:
+            entry[2].close()
 
 
 def merge_runs(outcomes: list[dict[str, Any]]) -> tuple[Status, str, dict[str, Any], list[RunHost]]:
@@ -336,22 +368,28 @@ def session(header: RunHeader, jobs: list[Job], path: Path, out_dir: Path, *,
             job.outcomes = [{"status": Status.skipped.value, "reason": unmet, "duration_s": 0.0}]
         if job.finished:  # skipped, or every run kept but killed before its record was written
             _finish(header, job, path, on_record, replacing)
-    places = worker_places()
-    while batch := next_runs(jobs, len(places)):
-        for job in batch:
-            started += 1
-            if on_start:
-                on_start(f"{job.label} run {len(job.outcomes) + 1}/{job.replicates}", started, total)
-        starts = [functools.partial(started_worker, header, job.cls, job.params, replicate=len(job.outcomes),
-                                    conformance=not job.outcomes,
-                                    artifacts=None if job.outcomes else
-                                    out_dir / "artifacts" / header.run_id / job.cls.id / job.key[1])
-                  for job in batch]
-        for job, outcome in zip(batch, run_side_by_side(starts, places)):
-            job.outcomes.append(outcome)
-            _keep_run(side, job, outcome)
-            if job.finished:
-                _finish(header, job, path, on_record, replacing)
+    def pick(running: list[Job]) -> Job | None:
+        nonlocal started
+        waiting = next_runs([job for job in jobs if all(job is not other for other in running)], 1)
+        if not waiting:
+            return None
+        started += 1
+        if on_start:
+            on_start(f"{waiting[0].label} run {len(waiting[0].outcomes) + 1}/{waiting[0].replicates}", started, total)
+        return waiting[0]
+
+    def start(job: Job, cpus: list[int] | None) -> AbstractContextManager[Worker]:
+        artifacts = None if job.outcomes else out_dir / "artifacts" / header.run_id / job.cls.id / job.key[1]
+        return started_worker(header, job.cls, job.params, replicate=len(job.outcomes),
+                              conformance=not job.outcomes, artifacts=artifacts, cpus=cpus)
+
+    def finish(job: Job, outcome: dict[str, Any]) -> None:
+        job.outcomes.append(outcome)
+        _keep_run(side, job, outcome)
+        if job.finished:
+            _finish(header, job, path, on_record, replacing)
+
+    run_pooled(pick, start, finish, worker_places())
     _forget_runs(side, {job.key for job in jobs})
 
 

@@ -215,7 +215,7 @@ def time_interleaved(contenders: Mapping[str, Callable[[], Any] | SampleSource],
             firsts[name] = time_once(fn, device)[0] if first_call else None
             # Counted, a sample is one call: calls sized by the clock would vary run to run.
             if counting:
-                instructions.check_affordable(name, fn, calls=1)
+                instructions.check_affordable(name, fn, calls=1, contenders=len(contenders))
             warm[name] = _warm_up(fn, budget, sync)
             calls[name] = 1 if counting else _calls_per_sample(fn, overhead, sync)
             source = _Clocked(fn, device, calls[name])
