@@ -18,6 +18,7 @@ atomically with the old one kept (`<results>.replaced`).
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -115,6 +116,28 @@ def _tail(path: Path) -> str:
     return text[-STDERR_TAIL:]
 
 
+@functools.cache
+def set_up_natively(root: Path, module: str, scenario: str, params_json: str, budget_json: str, profile: str,
+                    timeout_s: float) -> None:
+    """Before the first counted run of a configuration: its setup once, natively, so what a
+    first run would leave behind (trained weights in optimize's cache) is there for every
+    counted run and all do the same work (one that trained counts unlike one that loaded).
+    A setup that fails here fails again in the counted run, which reports it."""
+    with leftovers.job_folder() as tmp:
+        job = Path(tmp, "job.json")
+        job.write_text(json.dumps({
+            "scenario": scenario, "params": json.loads(params_json), "profile": profile,
+            "budget": json.loads(budget_json), "module": module, "artifacts": None, "cpus": None,
+            "replicate": 0, "conformance": False, "runner_pid": os.getpid(), "setup_only": True,
+        }))
+        env = {key: value for key, value in _thread_environment(1, root).items() if key != instructions.MODE_ENV}
+        try:
+            subprocess.run([sys.executable, "-m", "suite.worker", str(job), str(Path(tmp, "result.json"))],
+                           cwd=root, env=env, capture_output=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            pass
+
+
 @dataclass(frozen=True)
 class Worker:
     """A started worker: whether it has ended (or run out of time), and its outcome
@@ -161,6 +184,8 @@ def started_worker(header: RunHeader, cls: type[registry.Scenario], params: dict
             env = _thread_environment(len(cpus), header.root)
             if counting:
                 instructions.compile_sources(header.root, cls.__module__)
+                set_up_natively(header.root, cls.__module__, cls.id, json.dumps(params, sort_keys=True),
+                                header.budget.model_dump_json(), header.profile, cls.timeout_s)
                 command = instructions.valgrind_command(command, Path(tmp, instructions.OUT_NAME))
                 env = instructions.worker_environment(env)
             lifeline = Lifeline()

@@ -82,6 +82,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     step = "setup"
     try:
         instance.setup(ctx)
+        if job.get("setup_only"):  # the runner's native set-up before counted runs (runner.set_up_natively)
+            result.update(status=Status.ok.value, reason="")
+            return result
         step = "measure"
         with watch:
             metrics = instance.measure(ctx)

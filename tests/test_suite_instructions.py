@@ -260,3 +260,21 @@ def test_a_scenario_that_cannot_be_counted_is_skipped_before_valgrind_starts(tmp
     assert all(run.duration_s == 0 for r in records for run in r.runs)
     assert PrometheusMonitoring().uncounted({"mode": "instrumentation"}) == ""
     assert "Prometheus" in PrometheusMonitoring().uncounted({"mode": "server"})
+
+
+@pytest.mark.slow
+@needs_valgrind
+def test_a_counted_run_finds_what_a_first_run_leaves_behind(tmp_path, monkeypatch):
+    """The runner sets the configuration up natively first, so even the first counted run
+    finds the cache (trained weights, in optimize) and does the same work as the next."""
+    from suite.runner import run
+    from suite.schema import load_records
+    from tests.counted.cache.scenarios import CACHE_ENV
+
+    monkeypatch.setenv(instructions.MODE_ENV, instructions.MODE)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    budget = PROFILES["quick"].model_copy(update={"replicates": 1})
+    (record,) = load_records(run("cache.first_use", "quick", budget, tmp_path / "out", packages=("tests.counted",)))
+    assert record.status.value == "ok", record.reason
+    assert record.provenance["found_cache"] is True
+    assert record.metrics[0].name == "instructions_per_call"

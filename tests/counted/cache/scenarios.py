@@ -1,0 +1,27 @@
+"""A scenario whose setup leaves a file behind on first use, as optimize's trained weights
+do: a counted run that made the file would count unlike one that found it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from suite.context import RunContext
+from suite.registry import Scenario, scenario
+from suite.schema import Metric
+
+CACHE_ENV = "MLSUITE_TEST_CACHE"
+
+
+@scenario("cache.first_use", grid={"n": [1]}, profiles={"quick": {}})
+class FirstUseLeavesACache(Scenario):
+    def setup(self, ctx: RunContext) -> None:
+        made = Path(os.environ[CACHE_ENV], "made")
+        self.found = made.exists()
+        if not self.found:
+            made.write_text("the work a first run does")
+
+    def measure(self, ctx: RunContext) -> list[Metric]:
+        ctx.provenance["found_cache"] = self.found
+        metrics, _ = ctx.time_steps(lambda: sum(range(1000)), items_per_call=ctx.params["n"])
+        return metrics
