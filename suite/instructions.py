@@ -54,6 +54,10 @@ MAX_REGION_S = 300.0
 # measured 1.5x on the digits MLP AdamW step (0.66 s -> ~1.0 s CPU per call; Valgrind
 # re-translates oneDNN's run-time code either way), more for plain Python.
 INSTRUMENTED_SLOWDOWN = 10.0
+# A call's slowdown under Valgrind uninstrumented over the same call natively, on the low
+# side: torch steps measured 440x (MLP AdamW 1.5 ms -> 0.66 s) and ~800x (CNN 10.5 ms ->
+# ~8.5 s). Used to refuse a step before Valgrind starts; the in-worker check stays exact.
+NATIVE_SLOWDOWN = 200.0
 # A counted worker's time limit is the scenario's times this: startup alone (imports, setup)
 # runs ~10x slower under Valgrind, and a starved niced worker was seen to need 4x its 900 s.
 TIMEOUT_FACTOR = 6
@@ -195,6 +199,19 @@ def check_affordable(contender: str, fn, calls: int, contenders: int = 1) -> Non
         raise Skip(f"instruction counts: the step of {contender or 'the scenario'!r} is too long to count "
                    f"(~{estimate:.0f} CPU s under callgrind for {SAMPLES} samples; limit {MAX_REGION_S:.0f} s "
                    f"for the run's {contenders} contender{'s' if contenders > 1 else ''})")
+
+
+def too_long_natively(step_s: float | None) -> str | None:
+    """Why a step timed natively (CPU seconds of one warm call, by the runner's native
+    set-up) is too long to count, or None; a transformer step of 0.14 s natively spent
+    over five minutes under Valgrind before the in-worker check could refuse it."""
+    if step_s is None:
+        return None
+    estimate = step_s * NATIVE_SLOWDOWN * INSTRUMENTED_SLOWDOWN * SAMPLES
+    if estimate <= MAX_REGION_S:
+        return None
+    return (f"instruction counts: the step is too long to count ({step_s * 1000:.3g} ms natively, at least "
+            f"~{estimate:.0f} CPU s under callgrind for {SAMPLES} samples; limit {MAX_REGION_S:.0f} s)")
 
 
 def region(contender: str, calls: int, counting: bool):  # ContextManager

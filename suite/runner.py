@@ -118,11 +118,12 @@ def _tail(path: Path) -> str:
 
 @functools.cache
 def set_up_natively(root: Path, module: str, scenario: str, params_json: str, budget_json: str, profile: str,
-                    timeout_s: float) -> None:
+                    timeout_s: float) -> float | None:
     """Before the first counted run of a configuration: its setup once, natively, so what a
     first run would leave behind (trained weights in optimize's cache) is there for every
     counted run and all do the same work (one that trained counts unlike one that loaded).
-    A setup that fails here fails again in the counted run, which reports it."""
+    Returns the CPU seconds of one warm call of its step, natively (None: no single step,
+    or the setup failed, which the counted run then reports)."""
     with leftovers.job_folder() as tmp:
         job = Path(tmp, "job.json")
         job.write_text(json.dumps({
@@ -131,11 +132,14 @@ def set_up_natively(root: Path, module: str, scenario: str, params_json: str, bu
             "replicate": 0, "conformance": False, "runner_pid": os.getpid(), "setup_only": True,
         }))
         env = {key: value for key, value in _thread_environment(1, root).items() if key != instructions.MODE_ENV}
+        result = Path(tmp, "result.json")
         try:
-            subprocess.run([sys.executable, "-m", "suite.worker", str(job), str(Path(tmp, "result.json"))],
+            subprocess.run([sys.executable, "-m", "suite.worker", str(job), str(result)],
                            cwd=root, env=env, capture_output=True, timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired:
-            pass
+            return None
+        step_s = json.loads(result.read_text()).get("native_step_s") if result.exists() else None
+        return float(step_s) if isinstance(step_s, int | float) else None
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,11 @@ class Worker:
 
     done: Callable[[], bool]
     outcome: Callable[[], dict[str, Any]]
+
+
+def _skipped(reason: str, duration_s: float = 0.0) -> Worker:
+    """A worker that never started: skipped, with the reason."""
+    return Worker(lambda: True, lambda: {"status": Status.skipped.value, "reason": reason, "duration_s": duration_s})
 
 
 @contextmanager
@@ -158,7 +167,7 @@ def started_worker(header: RunHeader, cls: type[registry.Scenario], params: dict
     counting = instructions.requested()  # `--count instructions`: under callgrind, one thread, no conformance
     if counting and (skip := instructions.unavailable() or cls().uncounted(params)
                      or instructions.not_countable(cls().requirements(params))):
-        yield Worker(lambda: True, lambda: {"status": Status.skipped.value, "reason": skip, "duration_s": 0.0})
+        yield _skipped(skip)
         return
     conformance = conformance and not counting
     # Counted runs write no artifacts either: every run's job must be the same bytes, since
@@ -184,8 +193,11 @@ def started_worker(header: RunHeader, cls: type[registry.Scenario], params: dict
             env = _thread_environment(len(cpus), header.root)
             if counting:
                 instructions.compile_sources(header.root, cls.__module__)
-                set_up_natively(header.root, cls.__module__, cls.id, json.dumps(params, sort_keys=True),
-                                header.budget.model_dump_json(), header.profile, cls.timeout_s)
+                step_s = set_up_natively(header.root, cls.__module__, cls.id, json.dumps(params, sort_keys=True),
+                                         header.budget.model_dump_json(), header.profile, cls.timeout_s)
+                if skip := instructions.too_long_natively(step_s):
+                    yield _skipped(skip, time.perf_counter() - start)
+                    return
                 command = instructions.valgrind_command(command, Path(tmp, instructions.OUT_NAME))
                 env = instructions.worker_environment(env)
             lifeline = Lifeline()

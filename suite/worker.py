@@ -60,6 +60,19 @@ def timer_overhead_check(metrics: list[Metric]) -> Check | None:
                           f"median {smallest.median:.3g} s ({smallest.clock} clock)")
 
 
+def _native_step_s(instance: registry.Scenario) -> float | None:
+    """CPU seconds of one warm call of the scenario's step, or None if it has no single step."""
+    import time
+
+    try:
+        instance.step()
+        start = time.process_time()
+        instance.step()
+    except NotImplementedError:
+        return None
+    return time.process_time() - start
+
+
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Pinned to the CPUs the runner chose, with as many threads; the host's state is
     recorded around the measured part so the record says what the numbers went through."""
@@ -83,7 +96,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     try:
         instance.setup(ctx)
         if job.get("setup_only"):  # the runner's native set-up before counted runs (runner.set_up_natively)
-            result.update(status=Status.ok.value, reason="")
+            result.update(status=Status.ok.value, reason="", native_step_s=_native_step_s(instance))
             return result
         step = "measure"
         with watch:

@@ -278,3 +278,16 @@ def test_a_counted_run_finds_what_a_first_run_leaves_behind(tmp_path, monkeypatc
     assert record.status.value == "ok", record.reason
     assert record.provenance["found_cache"] is True
     assert record.metrics[0].name == "instructions_per_call"
+
+
+@needs_valgrind
+def test_a_step_too_long_natively_is_refused_before_valgrind_starts(tmp_path, monkeypatch):
+    from suite.runner import run
+    from suite.schema import load_records
+
+    assert instructions.too_long_natively(None) is None and instructions.too_long_natively(0.001) is None
+    assert "140 ms natively" in instructions.too_long_natively(0.14)
+    monkeypatch.setenv(instructions.MODE_ENV, instructions.MODE)
+    budget = PROFILES["quick"].model_copy(update={"replicates": 1})
+    (record,) = load_records(run("cache.long_step", "quick", budget, tmp_path, packages=("tests.counted",)))
+    assert record.status.value == "skipped" and "ms natively" in record.reason, record.reason

@@ -4,6 +4,7 @@ do: a counted run that made the file would count unlike one that found it."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from suite.context import RunContext
@@ -24,4 +25,18 @@ class FirstUseLeavesACache(Scenario):
     def measure(self, ctx: RunContext) -> list[Metric]:
         ctx.provenance["found_cache"] = self.found
         metrics, _ = ctx.time_steps(lambda: sum(range(1000)), items_per_call=ctx.params["n"])
+        return metrics
+
+
+@scenario("cache.long_step", grid={"n": [1]}, profiles={"quick": {}})
+class LongStep(Scenario):
+    """A step of ~0.2 CPU s natively: far too long to count, known before Valgrind starts."""
+
+    def step(self) -> None:
+        until = time.process_time() + 0.2
+        while time.process_time() < until:
+            pass
+
+    def measure(self, ctx: RunContext) -> list[Metric]:
+        metrics, _ = ctx.time_steps(self.step, items_per_call=1)
         return metrics
