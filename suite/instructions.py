@@ -204,7 +204,7 @@ def check_affordable(contender: str, fn, calls: int, contenders: int = 1) -> Non
 
 
 def too_long_natively(step_s: float | None) -> str | None:
-    """Why a step timed natively (CPU seconds of one warm call, by the runner's native
+    """Why a step timed natively (CPU seconds of a warm call, by the runner's native
     set-up) is too long to count, or None; a transformer step of 0.14 s natively spent
     over five minutes under Valgrind before the in-worker check could refuse it."""
     if step_s is None:

@@ -356,11 +356,11 @@ def plan(jobs: list[tuple[type[registry.Scenario], dict[str, Any]]], budget: Bud
             for cls, params in jobs]
 
 
-def next_runs(jobs: list[Job], at_once: int) -> list[Job]:
-    """The jobs whose next run starts now, round robin: run r of every job before run r+1
-    of any (slow drift of the host spreads over all), at most one run of a job at a time."""
-    pending = sorted((job for job in jobs if not job.finished), key=lambda job: len(job.outcomes))
-    return pending[:at_once]
+def next_run(jobs: list[Job], running: list[Job]) -> Job | None:
+    """The job whose next run starts now, round robin: run r of every job before run r+1
+    of any (slow drift of the host spreads over all), one run of a job at a time."""
+    pending = [job for job in jobs if not job.finished and all(job is not other for other in running)]
+    return min(pending, key=lambda job: len(job.outcomes), default=None)
 
 
 def _load_runs(path: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -407,15 +407,15 @@ def session(header: RunHeader, jobs: list[Job], path: Path, out_dir: Path, *,
             job.outcomes = [{"status": Status.skipped.value, "reason": unmet, "duration_s": 0.0}]
         if job.finished:  # skipped, or every run kept but killed before its record was written
             _finish(header, job, path, on_record, replacing)
+
     def pick(running: list[Job]) -> Job | None:
         nonlocal started
-        waiting = next_runs([job for job in jobs if all(job is not other for other in running)], 1)
-        if not waiting:
-            return None
-        started += 1
-        if on_start:
-            on_start(f"{waiting[0].label} run {len(waiting[0].outcomes) + 1}/{waiting[0].replicates}", started, total)
-        return waiting[0]
+        job = next_run(jobs, running)
+        if job is not None:
+            started += 1
+            if on_start:
+                on_start(f"{job.label} run {len(job.outcomes) + 1}/{job.replicates}", started, total)
+        return job
 
     def start(job: Job, cpus: list[int] | None) -> AbstractContextManager[Worker]:
         artifacts = None if job.outcomes else out_dir / "artifacts" / header.run_id / job.cls.id / job.key[1]
