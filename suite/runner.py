@@ -84,6 +84,9 @@ class RunHeader:
     env: Environment
     budget: Budget
     root: Path = REPO_ROOT  # the code the workers run (a git worktree for `mlsuite ab`)
+    # Each configuration's native set-up before its first counted run (`set_up_natively`):
+    # its step's native CPU seconds by configuration, so the later runs do not set up again.
+    native_steps: dict[str, float | None] = field(default_factory=dict)
 
     def record(self, cls: type[registry.Scenario], params: dict[str, Any], status: Status,
                reason: str, duration_s: float, outcome: dict[str, Any] | None = None,
@@ -195,8 +198,12 @@ def started_worker(header: RunHeader, cls: type[registry.Scenario], params: dict
             env = _thread_environment(len(cpus), header.root)
             if counting:
                 instructions.compile_sources(header.root, cls.__module__)
-                step_s = set_up_natively(header.root, cls.__module__, cls.id, json.dumps(params, sort_keys=True),
-                                         header.budget.model_dump_json(), header.profile, cls.timeout_s)
+                config = config_hash(cls.id, params)
+                if config not in header.native_steps:
+                    header.native_steps[config] = set_up_natively(
+                        header.root, cls.__module__, cls.id, json.dumps(params, sort_keys=True),
+                        header.budget.model_dump_json(), header.profile, cls.timeout_s)
+                step_s = header.native_steps[config]
                 if skip := instructions.too_long_natively(step_s):
                     yield _skipped(skip, time.perf_counter() - start)
                     return

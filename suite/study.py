@@ -192,24 +192,25 @@ def main(argv: list[str] | None = None) -> int:
         clone, commits = scratch_clone(Path(tmp), plants)
         config = Path(tmp, "fast.toml")
         config.write_text(FAST_BUDGET)
-        for condition in args.conditions.split(","):
+        # Interleaved (A/A, each plant, A/A, ..., quiet and hog in turn): a study stopped
+        # early is still balanced.
+        plan = [decision for i in range(max(args.aa, args.planted)) for condition in args.conditions.split(",")
+                for decision in [
+                    *((condition, "aa", "HEAD", s, w) for s, w in scenarios.items() if i < args.aa),
+                    *((condition, plant.name, commits[plant.name], PLANTED_IN, SCENARIOS[PLANTED_IN])
+                      for plant in plants if i < args.planted)]]
+        for condition, kind, head, only, where in plan:
             hog = condition == "hog"
-            # Interleaved (A/A, each plant, A/A, ...): a study stopped early is still balanced.
-            plan = [decision for i in range(max(args.aa, args.planted)) for decision in [
-                *(("aa", "HEAD", s, w) for s, w in scenarios.items() if i < args.aa),
-                *((plant.name, commits[plant.name], PLANTED_IN, SCENARIOS[PLANTED_IN])
-                  for plant in plants if i < args.planted)]]
-            for kind, head, only, where in plan:
-                with cpu_hog(hog, 3600):
-                    found = decide(clone, "HEAD", head, only, where, args.rounds, config, Path(tmp, "ab"), count)
-                decisions.append({"kind": kind, "hog": hog, **found})
-                target.write_text(json.dumps({
-                    "host": {"cpu": open("/proc/cpuinfo").read().count("processor"), "uname": os.uname().release},
-                    "rounds": args.rounds, "count": args.count, "budget": FAST_BUDGET,
-                    "plants": {plant.name: plant.code for plant in plants},
-                    "summary": summarize(decisions), "decisions": decisions}, indent=1) + "\n")
-                print(f"{kind:8} hog={hog} {only:20} exit {found['exit']} in {found['seconds']}s "
-                      f"load {found['load_before'][0]}", flush=True)
+            with cpu_hog(hog, 3600):
+                found = decide(clone, "HEAD", head, only, where, args.rounds, config, Path(tmp, "ab"), count)
+            decisions.append({"kind": kind, "hog": hog, **found})
+            target.write_text(json.dumps({
+                "host": {"cpu": open("/proc/cpuinfo").read().count("processor"), "uname": os.uname().release},
+                "rounds": args.rounds, "count": args.count, "budget": FAST_BUDGET,
+                "plants": {plant.name: plant.code for plant in plants},
+                "summary": summarize(decisions), "decisions": decisions}, indent=1) + "\n")
+            print(f"{kind:8} hog={hog} {only:20} exit {found['exit']} in {found['seconds']}s "
+                  f"load {found['load_before'][0]}", flush=True)
     print(target)
     return 0
 

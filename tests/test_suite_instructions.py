@@ -265,19 +265,20 @@ def test_a_scenario_that_cannot_be_counted_is_skipped_before_valgrind_starts(tmp
 @pytest.mark.slow
 @needs_valgrind
 def test_a_counted_run_finds_what_a_first_run_leaves_behind(tmp_path, monkeypatch):
-    """The runner sets the configuration up natively first, so even the first counted run
-    finds the cache (trained weights, in optimize) and does the same work as the next."""
+    """The runner sets the configuration up natively first, once, so even the first counted
+    run finds the cache (trained weights, in optimize) and does the same work as the next."""
     from suite.runner import run
     from suite.schema import load_records
     from tests.counted.cache.scenarios import CACHE_ENV
 
     monkeypatch.setenv(instructions.MODE_ENV, instructions.MODE)
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
-    budget = PROFILES["quick"].model_copy(update={"replicates": 1})
+    budget = PROFILES["quick"].model_copy(update={"replicates": 2})
     (record,) = load_records(run("cache.first_use", "quick", budget, tmp_path / "out", packages=("tests.counted",)))
     assert record.status.value == "ok", record.reason
-    assert record.provenance["found_cache"] is True
-    assert (tmp_path / "made").read_text() == "1"  # set up on one CPU, as counted: more threads than free cores collapse
+    assert len(record.runs) == 2 and record.provenance["found_cache"] is True
+    assert (tmp_path / "setups").read_text().split() == ["native", "instructions", "instructions"]
+    assert (tmp_path / "made").read_text() == "1"  # on one CPU, as counted: more threads than free cores collapse
     assert record.metrics[0].name == "instructions_per_call"
 
 

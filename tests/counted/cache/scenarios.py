@@ -18,6 +18,8 @@ CACHE_ENV = "MLSUITE_TEST_CACHE"
 class FirstUseLeavesACache(Scenario):
     def setup(self, ctx: RunContext) -> None:
         made = Path(os.environ[CACHE_ENV], "made")
+        with Path(os.environ[CACHE_ENV], "setups").open("a") as setups:  # one line per setup, in any process
+            setups.write(f"{os.environ.get('MLSUITE_COUNT', 'native')}\n")
         self.found = made.exists()
         if not self.found:  # the work a first run does; and on how many CPUs it did it
             made.write_text(str(len(os.sched_getaffinity(0))))
