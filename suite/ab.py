@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from suite import registry
+from suite import instructions, registry
 from suite.compare import GateResult, RegressionCheck, gate
 from suite.environment import fingerprint
 from suite.errors import SuiteError
+from suite.instructions import METRIC
 from suite.profiles import Budget
 from suite.requirements import first_unmet
 from suite.runner import (
@@ -37,7 +38,7 @@ from suite.runner import (
     started_worker,
     worker_places,
 )
-from suite.schema import Git, Record, Status, append_record
+from suite.schema import Git, Record, Status, append_record, config_hash
 
 WORKER_PROTOCOL_MARK = "PROTOCOL = 2"  # in suite/worker.py of every commit `ab` can run
 
@@ -141,17 +142,30 @@ class AbResult:
     verdicts_path: Path
 
 
+def count_calibrated(floors: dict, scenario: str, params: dict) -> bool:
+    """Whether the calibrated floors hold a count of this configuration: one counted run per
+    side can be judged then, its between-run spread known from the calibration's K runs."""
+    config = config_hash(scenario, params)
+    return any(key[:2] == (scenario, config) and key[2].endswith(METRIC) for key in floors)
+
+
 def ab(base_rev: str, head_rev: str, pattern: str, profile: str, budget: Budget, out_dir: Path, *,
        rounds: int, where: dict[str, str] | None = None, rules: list[RegressionCheck] | None = None,
        floors: dict | None = None, packages: tuple[str, ...] = registry.DEFAULT_PACKAGES,
        repo: Path = REPO_ROOT, on_start: Callable[[str, int, int], None] | None = None) -> AbResult:
-    if rounds < 2:
+    counting = instructions.requested()
+    if rounds < (1 if counting else 2):
         raise SuiteError("--rounds must be at least 2: a verdict needs the spread between runs")
     commits = [resolve(repo, base_rev), resolve(repo, head_rev)]
     registry.discover(packages)
     selected = list(registry.select(pattern, profile, where))
     if not selected:
         raise SuiteError(f"no scenario matching {pattern!r} with {where or {}} takes part in profile {profile!r}")
+    if rounds == 1 and (uncalibrated := [f"{cls.id} {params}" for cls, params in selected
+                                         if not count_calibrated(floors or {}, cls.id, params)]):
+        raise SuiteError("--rounds 1 takes the spread between runs from this machine's calibrated count floors "
+                         "(`mlsuite calibrate --count instructions`), and there are none for: "
+                         + "; ".join(uncalibrated))
     budget = budget.model_copy(update={"replicates": rounds})
     env = fingerprint(budget.seed)
     run_id = uuid.uuid4().hex[:12]

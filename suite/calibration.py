@@ -25,7 +25,7 @@ from suite.schema import Record, read_text
 FLOOR_QUANTILE = 99.0
 SPLITS = 2000
 SEED = 20261204
-SIDES = (2, 3, 4, 6, 8)  # runs per side that floors are kept for
+SIDES = (1, 2, 3, 4, 6, 8)  # runs per side that floors are kept for (1: counted `ab --rounds 1`)
 
 
 def aa_floor(run_values: list[float], replicates: int) -> tuple[float, float, bool]:
@@ -65,7 +65,7 @@ def calibrate(records: list[Record], folder: Path) -> Path:
             if len(values) < 4 or not all(math.isfinite(v) for v in values):
                 continue
             floors = {side: aa_floor(values, side) for side in SIDES}
-            _, spread, by_ratio = floors[SIDES[0]]
+            _, spread, by_ratio = floors[1]
             stored["entries"][_key(record.scenario, record.config_hash, metric.name)] = {
                 "scenario": record.scenario, "params": record.params, "metric": metric.name,
                 "thresholds": {str(side): found[0] for side, found in floors.items()}, "spread": spread,

@@ -94,8 +94,8 @@ def build_parser() -> Parser:
     p.add_argument("head", help="a commit, branch or tag (e.g. HEAD)")
     _selection(p)
     _gating(p)
-    p.add_argument("--rounds", type=int, help="process runs per side, alternating (default 6; with --count 2: "
-                                              "a count moves ~0.01%% between runs, and each run costs ~40 s)")
+    p.add_argument("--rounds", type=int, help="process runs per side, alternating (default 6; with --count 2, and "
+                                              "1 is enough where the machine's count floors are calibrated)")
     p.add_argument("--out", type=Path, default=Path("results/ab"))
 
     p = sub.add_parser("calibrate", help="measure this machine's A/A noise per scenario and metric")

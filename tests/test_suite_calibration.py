@@ -52,3 +52,47 @@ def test_a_broken_calibration_file_is_a_named_error(tmp_path: Path) -> None:
     (tmp_path / "machine-a.json").write_text("{not json")
     with pytest.raises(SuiteError, match="machine-a.json: not valid JSON"):
         floors_for(tmp_path, "machine-a")
+
+
+def _counted(per_call: float, jitter: int = 0) -> list:
+    """One counted run's metrics: two dumps of five calls, as callgrind writes them."""
+    from suite import instructions
+
+    return instructions.metrics([instructions.Dump("", 5, round(per_call * 5) + jitter + i) for i in range(2)])
+
+
+def test_one_counted_run_per_side_is_judged_with_the_calibrated_spread(tmp_path: Path) -> None:
+    """`ab --count instructions --rounds 1`: the spread between runs comes from the
+    machine's calibration, so a 1% change is a verdict and an A/A pair is not."""
+    from suite import instructions, stats
+    from suite.compare import Comparison
+
+    steps = [0.01] * 50
+    runs = [stats.combine_runs([m]) for m in _counted(7_940_000, 0)]
+    calibrated = [stats.combine_runs([_counted(7_940_000, jitter)[0] for jitter in (0, 3, -2, 5, 1, -4, 2, 0)])]
+    calibrate([record([np.array(steps)] * 8, extra_metrics=calibrated)], tmp_path)
+    floors = floors_for(tmp_path, "machine-a")
+    assert floors[("fam.tech", "h" * 16, instructions.METRIC)].at(1) > 0
+    rules = instructions.rules_with_default([])
+
+    def verdict(per_call: float, floors: dict) -> Comparison:
+        head = [stats.combine_runs([m]) for m in _counted(per_call, 1)]
+        rows = gate([record(steps, extra_metrics=runs)], [record(steps, extra_metrics=head)], rules,
+                    floors=floors).comparisons
+        return next(c for c in rows if c.metric == instructions.METRIC)
+
+    assert verdict(7_940_000 * 1.01, floors).verdict is Verdict.regressed
+    assert verdict(7_940_000, floors).verdict is Verdict.passed
+    assert verdict(7_940_000 * 1.01, {}).verdict is Verdict.inconclusive  # one run, no calibration: unknown noise
+
+
+def test_ab_takes_one_round_only_where_counts_are_calibrated() -> None:
+    from suite.ab import count_calibrated
+    from suite.compare import Floor
+    from suite.schema import config_hash
+
+    floor = Floor(thresholds={1: 1e-6}, spread=1e-6, runs=8)
+    key = ("fam.tech", config_hash("fam.tech", {"model": "mlp"}))
+    assert count_calibrated({(*key, "b8.instructions_per_call"): floor}, "fam.tech", {"model": "mlp"})
+    assert not count_calibrated({(*key, "step_time"): floor}, "fam.tech", {"model": "mlp"})
+    assert not count_calibrated({(*key, "instructions_per_call"): floor}, "fam.tech", {"model": "cnn"})
