@@ -61,7 +61,8 @@ def calibrate(records: list[Record], folder: Path) -> Path:
     stored: dict[str, Any] = load(path) if path.exists() else {"machine_id": machine, "entries": {}}
     for record in records:
         for metric in record.metrics:
-            values = [v for v, run in zip(metric.run_values, record.runs) if not run.oversubscribed]
+            values = [v for v, run in zip(metric.run_values, record.runs)
+                      if not (run.oversubscribed and metric.moves_with_load)]
             if len(values) < 4 or not all(math.isfinite(v) for v in values):
                 continue
             floors = {side: aa_floor(values, side) for side in SIDES}

@@ -261,7 +261,7 @@ def _kept_runs(record: Record, metric: Metric, stat: str) -> list[float]:
     count of executed instructions does not move with load: those runs all count)."""
     values = run_statistics(metric, stat)
     flags = [run.oversubscribed for run in record.runs]
-    if len(flags) != len(values) or metric.clock == "callgrind":
+    if len(flags) != len(values) or not metric.moves_with_load:
         return values
     return [v for v, bad in zip(values, flags) if not bad]
 

@@ -54,7 +54,7 @@ class Metric(Strict):
     # "steady" state; "cold" (load, export, compile, first request); "exact": deterministic
     # for a fixed seed (accuracy on a pinned eval set), so a change is judged by threshold alone.
     kind: str = "steady"
-    clock: str = "host"  # "host" (perf_counter) or "device" (CUDA events)
+    clock: str = "host"  # "host" (perf_counter), "device" (CUDA events) or "callgrind" (counts)
     overhead: float | None = None  # measured timer overhead per call, same unit
     calls_per_sample: int = 1  # >1: each sample is the mean of that many calls (percentiles not claimed)
     # How `value` comes from samples: "median"; "rate" (items over total time: the harmonic
@@ -67,6 +67,12 @@ class Metric(Strict):
     run_sizes: list[int] = Field(default_factory=list)
     run_values: list[float] = Field(default_factory=list)
     between_run_cv: float | None = None  # std / |mean| of run_values: the spread between runs
+
+    @property
+    def moves_with_load(self) -> bool:
+        """Whether an oversubscribed host can move it: times can; a count of executed
+        instructions cannot, so a counted run under load is still evidence."""
+        return self.clock != "callgrind"
 
     @property
     def replicated(self) -> bool:
