@@ -141,10 +141,12 @@ class Effect:
 
 
 def measure_effect(base: Sequence[float], cur: Sequence[float], worse_if_increase: bool, *,
-                   paired: bool = False, spread_floor: float = 0.0, exact: bool = False) -> Effect:
+                   paired: bool = False, spread_floor: float | None = None, exact: bool = False) -> Effect:
     """Welch (or, for runs paired in time as `ab` takes them, paired) estimate of the
     effect and its standard error. `spread_floor` is the calibrated between-run standard
-    deviation: a few runs can look quieter than the machine is, never quieter than that."""
+    deviation (None: not calibrated): a few runs can look quieter than the machine is,
+    never quieter than that; and with it, one run per side can be judged (a count whose
+    calibrated runs all agreed exactly has a spread of 0, not an unknown one)."""
     a, b = np.asarray(base, dtype=float), np.asarray(cur, dtype=float)
     by_ratio = bool(np.all(a > 0) and np.all(b > 0))
     if by_ratio:
@@ -152,16 +154,17 @@ def measure_effect(base: Sequence[float], cur: Sequence[float], worse_if_increas
     sign = 1.0 if worse_if_increase else -1.0
     if paired and a.size == b.size and a.size >= 2:
         d = sign * (b - a)
-        sd = max(float(np.std(d, ddof=1)), spread_floor * math.sqrt(2))
+        sd = max(float(np.std(d, ddof=1)), (spread_floor or 0.0) * math.sqrt(2))
         return Effect(float(d.mean()), sd / math.sqrt(d.size), d.size - 1, by_ratio, a.size, b.size)
     estimate = sign * float(b.mean() - a.mean())
     if exact:  # deterministic for a fixed seed (accuracy on a pinned eval set): no noise to test
         return Effect(estimate, 0.0, 1.0, by_ratio, a.size, b.size)
-    if (a.size < 2 or b.size < 2) and not spread_floor:
+    if (a.size < 2 or b.size < 2) and spread_floor is None:
         # One run on a side and no calibration: its noise is unknown unless nothing moved.
         return Effect(estimate, math.inf if estimate else 0.0, 1.0, by_ratio, a.size, b.size)
-    va = max(float(np.var(a, ddof=1)) if a.size > 1 else 0.0, spread_floor**2) / a.size
-    vb = max(float(np.var(b, ddof=1)) if b.size > 1 else 0.0, spread_floor**2) / b.size
+    least = (spread_floor or 0.0) ** 2
+    va = max(float(np.var(a, ddof=1)) if a.size > 1 else 0.0, least) / a.size
+    vb = max(float(np.var(b, ddof=1)) if b.size > 1 else 0.0, least) / b.size
     se = math.sqrt(va + vb)
     dof = [(v**2 / (n - 1)) for v, n in ((va, a.size), (vb, b.size)) if n > 1]
     df = (va + vb) ** 2 / sum(dof) if se and sum(dof) else max(1.0, a.size + b.size - 2.0)
@@ -282,7 +285,7 @@ def _prepare(item: Pending, paired: bool, allow_source_change: bool) -> Pending:
     if a_runs == b_runs:
         item.fixed, item.detail = Verdict.passed, "identical runs: the same measurement on both sides"
         return item
-    spread = item.floor.spread if item.floor else 0.0
+    spread = item.floor.spread if item.floor else None
     exact = item.a.kind == item.b.kind == "exact"
     item.effect = measure_effect(a_runs, b_runs, item.rule.worse_if_increase, spread_floor=spread, exact=exact,
                                  paired=paired)

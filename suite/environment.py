@@ -78,8 +78,12 @@ def gpu_details() -> dict[str, str | None]:
     return details
 
 
-def thread_settings() -> dict[str, Any]:
+def thread_settings(import_torch: bool = True) -> dict[str, Any]:
+    """The thread variables and torch's thread counts; without `import_torch`, torch's only
+    if this process has imported it (a worker that never used torch has none to report)."""
     settings: dict[str, Any] = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    if not import_torch and "torch" not in sys.modules:
+        return settings
     try:
         import torch
 

@@ -94,7 +94,7 @@ class RunHeader:
         outcome = outcome or {}
         env = self.env
         if outcome.get("threads"):
-            env = env.model_copy(update={"threads": {**env.threads, **outcome["threads"]}})
+            env = env.model_copy(update={"threads": outcome["threads"]})  # the worker's own, not this process's
         return Record(
             run_id=self.run_id, time_utc=datetime.now(UTC).isoformat(timespec="seconds"),
             suite_version=suite.__version__, profile=self.profile, git=self.git, env=env,

@@ -7,17 +7,23 @@ crash (no result file) as `error`; everything this process can catch it reports 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
 import json
 import os
 import random
 import sys
 import traceback
+from collections.abc import Callable
+from importlib.machinery import ModuleSpec
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from reference.lifeline import die_with_parent
 from suite import checks, host, leftovers, registry
 from suite.context import RunContext
+from suite.environment import thread_settings
 from suite.profiles import Budget
 from suite.schema import Check, Metric, Status
 
@@ -26,25 +32,43 @@ PROTOCOL = 2
 TIMER_OVERHEAD_LIMIT = 0.01  # the timer may add at most 1% to the smallest timed step
 
 
-def _pin_threads_and_seed(threads: int, seed: int) -> dict[str, Any]:
-    random.seed(seed)
-    try:
-        import numpy as np
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Calls `then(module)` once `name` has been imported for the first time."""
 
-        np.random.seed(seed)
-    except ImportError:
-        pass
-    settings: dict[str, Any] = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
-    try:
-        import torch
-    except ImportError:
-        return settings
-    torch.manual_seed(seed)
-    torch.set_num_threads(threads)
-    torch.set_num_interop_threads(threads)
-    settings.update(torch_intra_op=torch.get_num_threads(),
-                    torch_inter_op=torch.get_num_interop_threads())
-    return settings
+    def __init__(self, name: str, then: Callable[[ModuleType], object]) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> ModuleSpec | None:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            exec_module = spec.loader.exec_module
+
+            def exec_then(module: ModuleType) -> None:
+                exec_module(module)
+                self.then(module)
+
+            spec.loader.exec_module = exec_then  # type: ignore[method-assign]
+        return spec
+
+
+def when_imported(name: str, then: Callable[[ModuleType], object]) -> None:
+    """`then(module)` now if `name` is imported, else right after its first import: torch
+    is seeded and pinned without importing it into a worker that never uses it (its import
+    is 15 s of a counted worker's startup under Valgrind)."""
+    if name in sys.modules:
+        then(sys.modules[name])
+    else:
+        sys.meta_path.insert(0, _AfterImport(name, then))
+
+
+def _pin_threads_and_seed(threads: int, seed: int) -> None:
+    random.seed(seed)
+    when_imported("numpy", lambda np: np.random.seed(seed))
+    when_imported("torch", lambda torch: (torch.manual_seed(seed), torch.set_num_threads(threads),
+                                          torch.set_num_interop_threads(threads)))
 
 
 def timer_overhead_check(metrics: list[Metric]) -> Check | None:
@@ -87,7 +111,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     threads = len(cpus)
     load_before, steal = host.load_average(), host.Steal()
     result: dict[str, Any] = {"metrics": [], "checks": [], "provenance": {}}
-    result["threads"] = _pin_threads_and_seed(threads, budget.seed)
+    _pin_threads_and_seed(threads, budget.seed)
     importlib.import_module(job["module"])
     cls = registry.get(job["scenario"])
     ctx = RunContext(params=job["params"], budget=budget, profile=job["profile"], seed=budget.seed,
@@ -119,6 +143,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         failed = [c.name for c in found if not c.passed]
         result.update(status=(Status.failed if failed else Status.ok).value,
                       reason=f"checks failed: {', '.join(failed)}" if failed else "")
+    result["threads"] = thread_settings(import_torch=False)
     result["metrics"] = [m.model_dump() for m in metrics]
     result["checks"] = [c.model_dump() for c in found]
     result["provenance"] = ctx.provenance

@@ -61,7 +61,8 @@ def _counted(per_call: float, jitter: int = 0) -> list:
     return instructions.metrics([instructions.Dump("", 5, round(per_call * 5) + jitter + i) for i in range(2)])
 
 
-def test_one_counted_run_per_side_is_judged_with_the_calibrated_spread(tmp_path: Path) -> None:
+@pytest.mark.parametrize("jitters", [(0, 3, -2, 5, 1, -4, 2, 0), (0,) * 8])  # calibrated runs that all agree: spread 0
+def test_one_counted_run_per_side_is_judged_with_the_calibrated_spread(tmp_path: Path, jitters: tuple) -> None:
     """`ab --count instructions --rounds 1`: the spread between runs comes from the
     machine's calibration (runs under load included), so a 1% change is a verdict and an
     A/A pair is not."""
@@ -70,11 +71,11 @@ def test_one_counted_run_per_side_is_judged_with_the_calibrated_spread(tmp_path:
 
     steps = [0.01] * 50
     runs = [stats.combine_runs([m]) for m in _counted(7_940_000, 0)]
-    calibrated = [stats.combine_runs([_counted(7_940_000, jitter)[0] for jitter in (0, 3, -2, 5, 1, -4, 2, 0)])]
+    calibrated = [stats.combine_runs([_counted(7_940_000, jitter)[0] for jitter in jitters])]
     # Counted under a hog: times from those runs are not taken, counts are (load cannot move them).
     calibrate([record([np.array(steps)] * 8, extra_metrics=calibrated, oversubscribed=[True] * 8)], tmp_path)
     floors = floors_for(tmp_path, "machine-a")
-    assert floors[("fam.tech", "h" * 16, instructions.METRIC)].at(1) > 0
+    assert floors[("fam.tech", "h" * 16, instructions.METRIC)].at(1) >= 0
     assert ("fam.tech", "h" * 16, "step_time") not in floors
     rules = instructions.rules_with_default([])
 
