@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reference.lifeline import preexec
 from suite.instructions import METRIC
 from suite.runner import REPO_ROOT
 
@@ -111,7 +113,7 @@ def cpu_hog(on: bool, seconds: int) -> Iterator[None]:
     if shutil.which("stress-ng") is None:
         raise SystemExit("stress-ng is not installed (apt-get install stress-ng)")
     hog = subprocess.Popen(["stress-ng", "--cpu", "1", "--timeout", f"{seconds}s", "--quiet"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=preexec())
     try:
         yield
     finally:
@@ -129,7 +131,7 @@ def decide(clone: Path, base: str, head: str, only: str, where: list[str], round
     if count:
         args += ["--count", "instructions"]
     started = time.monotonic()
-    done = subprocess.run(args, cwd=clone, capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(args, cwd=clone, capture_output=True, text=True, timeout=3600, preexec_fn=preexec())
     verdicts_file = sorted(out.glob("*-verdicts.json"))[-1] if done.returncode in (0, 1, 3) else None
     verdicts = json.loads(verdicts_file.read_text()) if verdicts_file else {}
     if verdicts_file:
@@ -172,6 +174,10 @@ def summarize(decisions: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: the hog and the running decision stop too
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--aa", type=int, default=7, help="A/A decisions per scenario and condition")
@@ -181,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conditions", default="quiet,hog", help="quiet, hog or both")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "studies")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)
     args.out.mkdir(parents=True, exist_ok=True)
     count = args.count is not None
     plants = COUNT_PLANTS if count else (TIME_PLANT,)
