@@ -82,7 +82,7 @@ def build(records: list[Record], sources: dict[int, Source], results_dir: Path) 
     counted = [r for r in records if Path(sources[id(r)].file).parts[0] == COUNTED]
     timed = [r for r in records if Path(sources[id(r)].file).parts[0] != COUNTED]
     newest = latest(timed)
-    return [*family_sections(newest), counts(counted, timed), conformance(newest, sources),
+    return [*family_sections(newest), counts(counted, timed, results_dir / "calibration"), conformance(newest, sources),
             regressions(timed, results_dir), history(timed), machines(newest)]
 
 

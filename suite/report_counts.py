@@ -8,6 +8,10 @@ writes them); they feed this section only, so a count never stands in for a time
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from suite.calibration import floors_for
+from suite.compare import Floor
 from suite.instructions import CYCLES_METRIC, METRIC
 from suite.report_model import (
     LOWER,
@@ -52,7 +56,16 @@ def _count_cell(metric: Metric | None) -> Cell:
     return number_cell(metric.value, None, 1.0, metric.ci_low, metric.ci_high) if metric else Cell("-")
 
 
-def counts(counted: list[Record], timed: list[Record]) -> Section:
+def _calibrated_cell(floor: Floor | None) -> Cell:
+    """The machine's calibrated between-run spread of this count (standard deviation of
+    log counts over K runs), where `mlsuite calibrate --count instructions` measured it."""
+    if floor is None:
+        return Cell("-")
+    return Cell(f"{floor.spread:.4%} ({floor.runs} runs)", floor.spread * 100,
+                tone="bad" if floor.spread > SPREAD_GOAL else "")
+
+
+def counts(counted: list[Record], timed: list[Record], calibration: Path) -> Section:
     section = Section("counts", "Instruction counts: the work per step, whatever the load",
                       "Did the work a step asks of the CPU change? (counted under Valgrind; times beside)")
     newest_timed = {(r.env.machine_id, r.profile, *r.key): r for r in latest(timed)}
@@ -60,9 +73,12 @@ def counts(counted: list[Record], timed: list[Record]) -> Section:
     table = Table([Column("scenario"), Column("configuration"), Column("contender"),
                    Column("instructions per call", "instructions", LOWER),
                    Column("spread between runs", "%", LOWER), Column("runs", "count"),
+                   Column("calibrated spread", "%", LOWER),
                    Column("estimated cycles per call", "cycles", LOWER),
                    Column("time per call, timed run", "ms", LOWER), Column("commit")])
     spreads = []
+    floors = {machine: floors_for(calibration, machine) for machine in {r.env.machine_id for r in newest}}
+    calibrated = 0
     for record in (r for r in newest if r.status in (Status.ok, Status.failed)):
         beside = newest_timed.get((record.env.machine_id, record.profile, *record.key))
         for metric in (m for m in record.metrics if m.name.endswith(METRIC)):
@@ -70,12 +86,14 @@ def counts(counted: list[Record], timed: list[Record]) -> Section:
             apart = spread(metric.run_values)
             if apart is not None:
                 spreads.append(apart)
+            floor = floors[record.env.machine_id].get((record.scenario, record.config_hash, metric.name))
+            calibrated += floor is not None
             table.rows.append([
                 Cell(record.scenario, link=anchor(record)), Cell(params_text(record.params)), Cell(prefix or "-"),
                 _count_cell(metric),
                 Cell("-" if apart is None else f"{apart:.3%}", None if apart is None else apart * 100,
                      tone="bad" if apart is not None and apart > SPREAD_GOAL else ""),
-                Cell(str(len(metric.run_values)), float(len(metric.run_values))),
+                Cell(str(len(metric.run_values)), float(len(metric.run_values))), _calibrated_cell(floor),
                 _count_cell(record.metric(f"{prefix}{CYCLES_METRIC}")),
                 _time_beside(beside, prefix), Cell(record.git.commit[:8])])
     section.tables.append(table)
@@ -94,10 +112,13 @@ def counts(counted: list[Record], timed: list[Record]) -> Section:
         over = sum(s > SPREAD_GOAL for s in spreads)
         section.answers.append(
             f"{len(table.rows)} counted step(s) in {len({r.key for r in newest if r.metrics})} configuration(s); "
-            + (f"runs of one record agree to within {worst:.3%} at worst ({over} above the {SPREAD_GOAL:.1%} goal)."
-               if worst is not None else "each with a single run, so their spread is not known.")
+            + (f"runs of one record agree to within {worst:.3%} at worst ({over} above the {SPREAD_GOAL:.1%} goal)"
+               if worst is not None else "each with a single run, so their own spread is not known")
+            + (f"; {calibrated} with a spread calibrated on this machine (`mlsuite calibrate --count "
+               f"instructions`)." if calibrated else ".")
             + f" {len(skipped.rows)} configuration(s) could not be counted (below, with the reason).")
     section.notes.append(CAVEAT)
     section.notes.append("`mlsuite ab --count instructions` and `mlsuite gate` hold counts to 0.5% by default, never "
-                         "below their calibrated A/A floor.")
+                         "below their calibrated A/A floor; where a count is calibrated, `ab --rounds 1` decides on "
+                         "one counted run per side.")
     return section

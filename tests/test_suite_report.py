@@ -221,13 +221,21 @@ def test_counts_sit_beside_the_timed_step_and_never_replace_it(tmp_path: Path) -
     assert row[0].text == "training.baseline" and row[3].value == counts["value"]
     assert any(run["oversubscribed"] for run in counted["runs"]) and row[3].flags == ()  # load cannot move a count
     assert row[4].value == pytest.approx((max(counts["run_values"]) / min(counts["run_values"]) - 1) * 100)
-    assert row[5].value == len(counts["run_values"]) == 2
-    assert row[6].value == raw_metric(counted, "estimated_cycles_per_call")["value"]
+    assert row[5].value == len(counts["run_values"]) == 2 and row[6].text == "-"  # not calibrated
+    assert row[7].value == raw_metric(counted, "estimated_cycles_per_call")["value"]
     step = raw_metric(timed, "step_time")["value"]
-    assert row[7].value == step and row[7].text.startswith(f"{step * 1e3:.4g}")  # shown in ms
+    assert row[8].value == step and row[8].text.startswith(f"{step * 1e3:.4g}")  # shown in ms
     (not_counted,) = rows_of(built["counts"], 1)
     assert not_counted[0].text == skipped["scenario"] and not_counted[2].text == skipped["reason"]
     assert "do not see memory stalls" in " ".join(built["counts"].notes)
     # the family table keeps the timed record: a count never stands in for a time
     training = str(built["training"])
     assert timed["run_id"] in training and counted["run_id"] not in training
+    # the machine's calibrated spread of that count, once `mlsuite calibrate --count instructions` measured it
+    key = f"{counted['scenario']}|{counted['config_hash']}|instructions_per_call"
+    (folder / "calibration").mkdir()
+    (folder / "calibration" / f"{counted['env']['machine_id']}.json").write_text(json.dumps(
+        {"machine_id": counted["env"]["machine_id"], "entries": {key: {"thresholds": {"1": 0.0}, "spread": 2e-4,
+                                                                      "runs": 8}}}))
+    (row,) = rows_of({s.id: s for s in build(records, sources, folder)}["counts"])
+    assert row[6].value == pytest.approx(0.02) and row[6].text == "0.0200% (8 runs)"
