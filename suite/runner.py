@@ -363,11 +363,17 @@ def plan(jobs: list[tuple[type[registry.Scenario], dict[str, Any]]], budget: Bud
             for cls, params in jobs]
 
 
-def next_run(jobs: list[Job], running: list[Job]) -> Job | None:
+def next_run(jobs: list[Job], running: list[Job], side_by_side: bool = False) -> Job | None:
     """The job whose next run starts now, round robin: run r of every job before run r+1
-    of any (slow drift of the host spreads over all), one run of a job at a time."""
-    pending = [job for job in jobs if not job.finished and all(job is not other for other in running)]
-    return min(pending, key=lambda job: len(job.outcomes), default=None)
+    of any (slow drift of the host spreads over all), one run of a job at a time, or, with
+    `side_by_side` (counted runs: a count does not move with load), more once its first
+    run is in (a first run that broke or was skipped ends the job)."""
+    def begun(job: Job) -> int:
+        return len(job.outcomes) + sum(job is other for other in running)
+
+    pending = [job for job in jobs if not job.finished and begun(job) < job.replicates
+               and (begun(job) == len(job.outcomes) or (side_by_side and job.outcomes))]
+    return min(pending, key=begun, default=None)
 
 
 def _load_runs(path: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -415,19 +421,23 @@ def session(header: RunHeader, jobs: list[Job], path: Path, out_dir: Path, *,
         if job.finished:  # skipped, or every run kept but killed before its record was written
             _finish(header, job, path, on_record, replacing)
 
+    begun = {job.key: len(job.outcomes) for job in jobs}  # runs started, kept ones included
+
     def pick(running: list[Job]) -> Job | None:
         nonlocal started
-        job = next_run(jobs, running)
+        job = next_run(jobs, running, side_by_side=instructions.requested())
         if job is not None:
             started += 1
             if on_start:
-                on_start(f"{job.label} run {len(job.outcomes) + 1}/{job.replicates}", started, total)
+                on_start(f"{job.label} run {begun[job.key] + 1}/{job.replicates}", started, total)
         return job
 
     def start(job: Job, cpus: list[int] | None) -> AbstractContextManager[Worker]:
-        artifacts = None if job.outcomes else out_dir / "artifacts" / header.run_id / job.cls.id / job.key[1]
-        return started_worker(header, job.cls, job.params, replicate=len(job.outcomes),
-                              conformance=not job.outcomes, artifacts=artifacts, cpus=cpus)
+        replicate = begun[job.key]
+        begun[job.key] += 1
+        artifacts = None if replicate else out_dir / "artifacts" / header.run_id / job.cls.id / job.key[1]
+        return started_worker(header, job.cls, job.params, replicate=replicate, conformance=not replicate,
+                              artifacts=artifacts, cpus=cpus)
 
     def finish(job: Job, outcome: dict[str, Any]) -> None:
         job.outcomes.append(outcome)

@@ -395,3 +395,20 @@ def test_a_job_whose_runs_all_finished_before_a_kill_gets_its_record_on_resume(
     assert started == ["planted.ok {'n': 2} run 2/2"]  # n=1's two runs were kept: only n=2's last runs
     records = load_records(path)
     assert sorted(r.params["n"] for r in records) == [1, 2] and all(len(r.runs) == 2 for r in records)
+
+
+def test_timed_runs_of_a_job_take_turns_and_counted_ones_go_side_by_side_after_the_first() -> None:
+    from suite.runner import Job, next_run
+
+    class Step(registry.Scenario):
+        id = "fam.step"
+
+    a, b = Job(Step, {"n": 1}, 3), Job(Step, {"n": 2}, 3)
+    assert next_run([a, b], []) is a and next_run([a, b], [a]) is b
+    assert next_run([a, b], [a, b]) is None  # timed: one run of a job at a time
+    assert next_run([a, b], [a, b], side_by_side=True) is None  # no first run in yet: it may break or be skipped
+    a.outcomes = [{"status": Status.ok.value}]
+    assert next_run([a, b], [a, b]) is None and next_run([a, b], [a, b], side_by_side=True) is a
+    assert next_run([a], [a, a], side_by_side=True) is None  # 1 in + 2 running: all 3 begun
+    a.outcomes = [{"status": Status.skipped.value}]
+    assert next_run([a, b], [b], side_by_side=True) is None  # a skipped first run ends the job
