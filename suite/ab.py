@@ -155,7 +155,8 @@ def ab(base_rev: str, head_rev: str, pattern: str, profile: str, budget: Budget,
        repo: Path = REPO_ROOT, on_start: Callable[[str, int, int], None] | None = None) -> AbResult:
     counting = instructions.requested()
     if rounds < (1 if counting else 2):
-        raise SuiteError("--rounds must be at least 2: a verdict needs the spread between runs")
+        raise SuiteError("--rounds must be at least 2: a verdict needs the spread between runs"
+                         + (" (1 for counts this machine has calibrated)" if counting else ""))
     commits = [resolve(repo, base_rev), resolve(repo, head_rev)]
     registry.discover(packages)
     selected = list(registry.select(pattern, profile, where))
