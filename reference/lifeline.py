@@ -60,6 +60,15 @@ def die_with_parent() -> None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def unwind_on_sigterm() -> None:
+    """SIGTERM (a CI cancel, `timeout`) unwinds this process like Ctrl-C, so its `finally`
+    blocks and context managers stop what it started."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def preexec(*steps: Callable[[], None] | None) -> Callable[[], None] | None:
     """A `preexec_fn` that ties the child to this process, then runs each step given. The
     tie only from the main thread: the death signal follows the forking *thread*, so a

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from reference.lifeline import unwind_on_sigterm
 from suite import instructions, registry
 from suite.errors import SuiteError
 from suite.profiles import PROFILES
@@ -379,12 +379,8 @@ COMMANDS = {"list": cmd_list, "run": cmd_run, "compare": cmd_compare, "gate": cm
             "calibrate": cmd_calibrate, "report": cmd_report, "env": cmd_env, "migrate": cmd_migrate}
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM (a CI cancel, `timeout`) unwinds like Ctrl-C: workers are killed
-
-
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _interrupt)
+    unwind_on_sigterm()  # workers are killed on the way out
     try:
         args = build_parser().parse_args(argv)
         args.packages = tuple(p for p in args.packages.split(",") if p)

@@ -152,9 +152,10 @@ def measure_effect(base: Sequence[float], cur: Sequence[float], worse_if_increas
     if by_ratio:
         a, b = np.log(a), np.log(b)
     sign = 1.0 if worse_if_increase else -1.0
+    least_sd = spread_floor or 0.0
     if paired and a.size == b.size and a.size >= 2:
         d = sign * (b - a)
-        sd = max(float(np.std(d, ddof=1)), (spread_floor or 0.0) * math.sqrt(2))
+        sd = max(float(np.std(d, ddof=1)), least_sd * math.sqrt(2))
         return Effect(float(d.mean()), sd / math.sqrt(d.size), d.size - 1, by_ratio, a.size, b.size)
     estimate = sign * float(b.mean() - a.mean())
     if exact:  # deterministic for a fixed seed (accuracy on a pinned eval set): no noise to test
@@ -162,9 +163,8 @@ def measure_effect(base: Sequence[float], cur: Sequence[float], worse_if_increas
     if (a.size < 2 or b.size < 2) and spread_floor is None:
         # One run on a side and no calibration: its noise is unknown unless nothing moved.
         return Effect(estimate, math.inf if estimate else 0.0, 1.0, by_ratio, a.size, b.size)
-    least = (spread_floor or 0.0) ** 2
-    va = max(float(np.var(a, ddof=1)) if a.size > 1 else 0.0, least) / a.size
-    vb = max(float(np.var(b, ddof=1)) if b.size > 1 else 0.0, least) / b.size
+    va = max(float(np.var(a, ddof=1)) if a.size > 1 else 0.0, least_sd**2) / a.size
+    vb = max(float(np.var(b, ddof=1)) if b.size > 1 else 0.0, least_sd**2) / b.size
     se = math.sqrt(va + vb)
     dof = [(v**2 / (n - 1)) for v, n in ((va, a.size), (vb, b.size)) if n > 1]
     df = (va + vb) ** 2 / sum(dof) if se and sum(dof) else max(1.0, a.size + b.size - 2.0)

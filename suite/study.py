@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reference.lifeline import preexec
+from reference.lifeline import preexec, unwind_on_sigterm
 from suite.instructions import METRIC
 from suite.runner import REPO_ROOT
 
@@ -174,10 +173,6 @@ def summarize(decisions: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def _stop(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: the hog and the running decision stop too
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--aa", type=int, default=7, help="A/A decisions per scenario and condition")
@@ -187,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conditions", default="quiet,hog", help="quiet, hog or both")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "studies")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop)
+    unwind_on_sigterm()  # the hog and the running decision stop too
     args.out.mkdir(parents=True, exist_ok=True)
     count = args.count is not None
     plants = COUNT_PLANTS if count else (TIME_PLANT,)
