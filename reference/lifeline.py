@@ -104,7 +104,11 @@ class Lifeline:
     def announce(self) -> None:
         """In the child, between fork and exec, after it made its own session: its group
         is its pid. The write end closes at exec, so the owner's stays the only one."""
-        os.write(self._write, f"{os.getpid()} ".encode())
+        self.watch(os.getpid())
+
+    def watch(self, group: int) -> None:
+        """Kill group `group` too when this process dies (one another process started)."""
+        os.write(self._write, f"{group} ".encode())
 
     def cut(self) -> None:
         """Close this end: the watcher kills whatever is left of the group and exits."""

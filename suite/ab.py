@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -126,7 +126,8 @@ def run_rounds(sides: tuple[Side, Side], rounds: int,
         return started_worker(side.header, job.cls, job.params, replicate=round_index,
                               conformance=not job.outcomes, artifacts=None, cpus=cpus)
 
-    run_pooled(pick, start, lambda entry, outcome: entry[2].outcomes.append(outcome), worker_places())
+    with closing(sides[0].header), closing(sides[1].header):
+        run_pooled(pick, start, lambda entry, outcome: entry[2].outcomes.append(outcome), worker_places())
     for side in sides:
         for job in side.jobs:
             status, reason, merged, runs = merge_runs(job.outcomes)

@@ -333,6 +333,15 @@ def _dump_number(path: Path) -> int:
     return int(found[1]) if (found := _PART.search(path.name)) else 0
 
 
+def take_dumps(folder: Path, pid: int, into: Path) -> None:
+    """Move the dumps of process `pid` out of a folder that many processes dump into
+    (named <out>.<pid>[.<part>][-<thread>]: `valgrind_command` with a %p out file)."""
+    own = re.compile(rf"{re.escape(OUT_NAME)}\.{pid}([.-].*)?")
+    for path in folder.glob(f"{OUT_NAME}.{pid}*"):
+        if own.fullmatch(path.name):
+            path.replace(into / path.name)
+
+
 def read_dumps(folder: Path) -> list[Dump]:
     """Every region dump in `folder`, in the order the worker wrote them."""
     paths = sorted(folder.glob(f"{OUT_NAME}*"), key=_dump_number)

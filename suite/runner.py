@@ -29,7 +29,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,7 +37,7 @@ from typing import Any, TextIO, TypeVar
 
 import suite
 from reference.lifeline import Lifeline
-from suite import host, instructions, leftovers, registry, stats
+from suite import host, instructions, leftovers, registry, stats, zygote
 from suite.environment import fingerprint, git_state
 from suite.errors import SuiteError
 from suite.profiles import Budget
@@ -56,6 +56,7 @@ from suite.schema import (
     parse_record,
     read_text,
 )
+from suite.zygote import ForkedWorker, Zygote
 
 STDERR_TAIL = 1500
 POLL_S = 0.2  # how often a pool of workers is looked at
@@ -87,6 +88,22 @@ class RunHeader:
     # Each configuration's native set-up before its first counted run (`set_up_natively`):
     # its step's native CPU seconds by configuration, so the later runs do not set up again.
     native_steps: dict[str, float | None] = field(default_factory=dict)
+    # The session's counting zygote (suite.zygote), started by its first counted run and
+    # stopped by `closing(header)` at the session's end.
+    _zygote: Zygote | None = field(default=None, repr=False)
+    _stack: ExitStack = field(default_factory=ExitStack, repr=False)
+
+    def counting_zygote(self) -> Zygote:
+        """The zygote counted runs are forked from; a new one if the last one died."""
+        if self._zygote is None or self._zygote.process.poll() is not None:
+            env = instructions.worker_environment(_thread_environment(1, self.root))
+            self._zygote = self._stack.enter_context(zygote.started(self.root, env))
+        return self._zygote
+
+    def close(self) -> None:
+        """Stop what the session started for its workers (the zygote)."""
+        self._zygote = None
+        self._stack.close()
 
     def record(self, cls: type[registry.Scenario], params: dict[str, Any], status: Status,
                reason: str, duration_s: float, outcome: dict[str, Any] | None = None,
@@ -179,65 +196,86 @@ def started_worker(header: RunHeader, cls: type[registry.Scenario], params: dict
     # even the length of a path parsed before the region moves the heap, and with it counts.
     artifacts = None if counting else artifacts
     cpus = cpus or host.choose_cpus(1 if counting else header.budget.threads)
+    start = time.perf_counter()
+    timeout_s = cls.timeout_s * (instructions.TIMEOUT_FACTOR if counting else 1)
+
+    def failed(reason: str) -> dict[str, Any]:
+        return {"status": Status.error.value, "reason": reason, "duration_s": time.perf_counter() - start}
+
+    def not_started(reason: str) -> Worker:
+        outcome = failed(reason)
+        return Worker(lambda: True, lambda: outcome)
+
+    if counting and (skip := instructions.too_long_natively(_native_step_s(header, cls, params))):
+        yield _skipped(skip, time.perf_counter() - start)
+        return
+    try:
+        parent = header.counting_zygote() if counting else None  # counted workers are forked by it
+    except SuiteError as exc:
+        yield not_started(str(exc))
+        return
     with leftovers.job_folder() as tmp:
         job, result, log = Path(tmp, "job.json"), Path(tmp, "result.json"), Path(tmp, "log.txt")
         job.write_text(json.dumps({
             "scenario": cls.id, "params": params, "profile": header.profile,
             "budget": header.budget.model_dump(), "module": cls.__module__,
             "artifacts": str(artifacts) if artifacts else None, "cpus": cpus,
-            "replicate": replicate, "conformance": conformance, "runner_pid": os.getpid(),
+            "replicate": replicate, "conformance": conformance,
+            "runner_pid": None if parent else os.getpid(),  # a forked worker is tied to its parent on its own
         }))
-        start = time.perf_counter()
-        timeout_s = cls.timeout_s * (instructions.TIMEOUT_FACTOR if counting else 1)
+        lifeline = Lifeline()
+        process: subprocess.Popen[bytes] | ForkedWorker
+        try:
+            if parent is not None:
+                process = parent.fork(job, result, log)
+                lifeline.watch(process.pid)  # its own session: the zygote's group does not hold it
+            else:
+                with log.open("w") as log_handle:
+                    process = subprocess.Popen(
+                        [sys.executable, "-m", "suite.worker", str(job), str(result)], stdout=log_handle,
+                        stderr=subprocess.STDOUT, start_new_session=True, cwd=header.root,
+                        env=_thread_environment(len(cpus), header.root), preexec_fn=lifeline.announce)
+        except SuiteError as exc:
+            lifeline.cut()
+            yield not_started(str(exc))
+            return
 
-        def failed(reason: str) -> dict[str, Any]:
-            return {"status": Status.error.value, "reason": reason, "duration_s": time.perf_counter() - start}
-
-        with log.open("w") as log_handle:
-            command = [sys.executable, "-m", "suite.worker", str(job), str(result)]
-            env = _thread_environment(len(cpus), header.root)
-            if counting:
-                instructions.compile_sources(header.root, cls.__module__)
-                config = config_hash(cls.id, params)
-                if config not in header.native_steps:
-                    header.native_steps[config] = set_up_natively(
-                        header.root, cls.__module__, cls.id, json.dumps(params, sort_keys=True),
-                        header.budget.model_dump_json(), header.profile, cls.timeout_s)
-                step_s = header.native_steps[config]
-                if skip := instructions.too_long_natively(step_s):
-                    yield _skipped(skip, time.perf_counter() - start)
-                    return
-                command = instructions.valgrind_command(command, Path(tmp, instructions.OUT_NAME))
-                env = instructions.worker_environment(env)
-            lifeline = Lifeline()
-            process = subprocess.Popen(
-                command, stdout=log_handle, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-                cwd=header.root, preexec_fn=lifeline.announce,
-            )
-
-            def outcome() -> dict[str, Any]:
-                try:
-                    code = process.wait(timeout=max(0.0, start + timeout_s - time.perf_counter()))
-                except subprocess.TimeoutExpired:
-                    return failed(f"timed out after {cls.timeout_s:.0f}s; last output: {_tail(log)}")
-                finally:
-                    _kill_group(process)  # reap anything the scenario left running
-                if not result.exists():
-                    return failed(f"worker exited with code {code} and no result: {_tail(log)}")
-                found = json.loads(result.read_text())
-                if counting:
-                    found = instructions.counted_outcome(found, Path(tmp))
-                found["duration_s"] = time.perf_counter() - start
-                return found
-
-            def done() -> bool:
-                return process.poll() is not None or time.perf_counter() > start + timeout_s
-
+        def outcome() -> dict[str, Any]:
             try:
-                yield Worker(done, outcome)
+                code = process.wait(timeout=max(0.0, start + timeout_s - time.perf_counter()))
+            except subprocess.TimeoutExpired:
+                return failed(f"timed out after {cls.timeout_s:.0f}s; last output: {_tail(log)}")
             finally:
-                _kill_group(process)
-                lifeline.cut()
+                _kill_group(process)  # reap anything the scenario left running
+            if not result.exists():
+                return failed(f"worker exited with code {code} and no result: {_tail(log)}")
+            found = json.loads(result.read_text())
+            if parent is not None:
+                instructions.take_dumps(parent.folder, process.pid, Path(tmp))
+                found = instructions.counted_outcome(found, Path(tmp))
+            found["duration_s"] = time.perf_counter() - start
+            return found
+
+        def done() -> bool:
+            return process.poll() is not None or time.perf_counter() > start + timeout_s
+
+        try:
+            yield Worker(done, outcome)
+        finally:
+            _kill_group(process)
+            lifeline.cut()
+
+
+def _native_step_s(header: RunHeader, cls: type[registry.Scenario], params: dict[str, Any]) -> float | None:
+    """The configuration's native set-up, once per session (`set_up_natively`), and the
+    native CPU seconds of its step."""
+    instructions.compile_sources(header.root, cls.__module__)
+    config = config_hash(cls.id, params)
+    if config not in header.native_steps:
+        header.native_steps[config] = set_up_natively(
+            header.root, cls.__module__, cls.id, json.dumps(params, sort_keys=True),
+            header.budget.model_dump_json(), header.profile, cls.timeout_s)
+    return header.native_steps[config]
 
 
 def worker_places() -> list[list[int] | None]:
@@ -303,7 +341,7 @@ def merge_runs(outcomes: list[dict[str, Any]]) -> tuple[Status, str, dict[str, A
     return Status(worst["status"]), reason, merged, runs
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
+def _kill_group(process: subprocess.Popen[bytes] | ForkedWorker) -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -445,7 +483,8 @@ def session(header: RunHeader, jobs: list[Job], path: Path, out_dir: Path, *,
         if job.finished:
             _finish(header, job, path, on_record, replacing)
 
-    run_pooled(pick, start, finish, worker_places())
+    with closing(header):
+        run_pooled(pick, start, finish, worker_places())
     _forget_runs(side, {job.key for job in jobs})
 
 
