@@ -1,7 +1,8 @@
-"""Runs one scenario at one point of its grid, in a subprocess of its own.
+"""Runs one scenario at one point of its grid, in a process of its own.
 
-`python -m suite.worker JOB.json RESULT.json`. The parent owns the timeout and records a
-crash (no result file) as `error`; everything this process can catch it reports itself.
+`python -m suite.worker JOB.json RESULT.json`, or `main` in a fork of the counting zygote
+(suite.zygote) for a counted run. The runner owns the timeout and records a crash (no
+result file) as `error`; everything this process can catch it reports itself.
 """
 
 from __future__ import annotations
