@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from reference.lifeline import die_with_parent
-from suite import checks, host, leftovers, registry
+from suite import checks, host, instructions, leftovers, registry
 from suite.context import RunContext
 from suite.environment import thread_settings
 from suite.profiles import Budget
@@ -113,6 +113,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     load_before, steal = host.load_average(), host.Steal()
     result: dict[str, Any] = {"metrics": [], "checks": [], "provenance": {}}
     _pin_threads_and_seed(threads, budget.seed)
+    if instructions.requested():
+        instructions.shift_layout(job.get("replicate", 0))
     importlib.import_module(job["module"])
     cls = registry.get(job["scenario"])
     ctx = RunContext(params=job["params"], budget=budget, profile=job["profile"], seed=budget.seed,
