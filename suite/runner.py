@@ -342,10 +342,14 @@ def merge_runs(outcomes: list[dict[str, Any]]) -> tuple[Status, str, dict[str, A
 
 
 def _kill_group(process: subprocess.Popen[bytes] | ForkedWorker) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    """Kill the worker's group, and the worker itself while it runs: a forked worker makes
+    its own group only once it runs, so right after its fork there is none yet."""
+    kills = (os.killpg, os.kill) if process.poll() is None else (os.killpg,)
+    for kill in kills:
+        try:
+            kill(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     process.wait()
 
 

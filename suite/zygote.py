@@ -89,6 +89,10 @@ class Zygote:
                 self.process = subprocess.Popen(
                     command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, pass_fds=(read,),
                     start_new_session=True, env=env, cwd=root, preexec_fn=self._lifeline.announce)
+        except BaseException:
+            self._lifeline.cut()
+            os.close(self._requests)
+            raise
         finally:
             os.close(read)
 
