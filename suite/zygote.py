@@ -5,8 +5,8 @@ Under Valgrind a counted worker spent most of its life starting: importing torch
 (Valgrind reads the symbols of the 434 MB libtorch_cpu.so, then runs its relocations), the
 first optimizer step's import of torch._dynamo 9 s more, the harness's own imports a few.
 The zygote does that once; each run is a fork of it, which inherits the imports and the
-code Valgrind has already translated, and starts from the same state every time, so its
-counts are the same from run to run and from session to session.
+code Valgrind has already translated, and starts from the same state every time: forks of
+one replicate (the same layout shift, `instructions.shift_layout`) count the same.
 
 Runner side: `started(root, env)` starts it; `fork(job, result, log)` returns a
 `ForkedWorker`, which waits and polls like a `subprocess.Popen`. Zygote side: `python -m
@@ -110,7 +110,10 @@ class Zygote:
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Until it has its imports (tens of seconds under Valgrind)."""
-        self._answer(timeout_s, "import what it preloads")
+        from suite.errors import SuiteError
+
+        if (said := self._answer(timeout_s, "import what it preloads")) != READY:
+            raise SuiteError(f"the counting zygote said {said[:80]!r} instead of being ready")
 
     def fork(self, job: Path, result: Path, log: Path) -> ForkedWorker:
         """A worker for `job`, in a session of its own, out of the zygote's group: its
