@@ -342,8 +342,8 @@ def parse_dump(text: str) -> Dump | None:
                 cycles=estimated_cycles(totals))
 
 
-# Dumps are named <out>.<part>-<thread> with threads apart (<out>.<part> without); the
-# dump at program termination has no part.
+# Dumps are named <out>.<part>-<thread> with threads apart (<out>.<part> without), and
+# <out>.<pid>.<part>-<thread> from the zygote's forks; the dump at termination has no part.
 _PART = re.compile(r"\.(\d+)(?:-\d+)?$")
 
 
