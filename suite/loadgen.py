@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -59,6 +59,16 @@ class Adapter(Protocol):
         """The model outputs in a response (for conformance checks, never timed)."""
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Driven(Protocol):
+    """An adapter that runs a closed loop itself, from its connections' callbacks (as wrk
+    does): no task or future per request, so the generator's turnaround between a
+    response and the next request stays far below the server's (suite.httpclient)."""
+
+    async def drive(self, prepared: Sequence[Any], concurrency: int, recorder: Any,
+                    running: Callable[[], bool]) -> None: ...
 
 
 # --------------------------------------------------------------------------- windows
@@ -245,18 +255,23 @@ class _Recorder:
         self.events.append((self.clock(), 0.0, kind))
         self.arrived.set()
 
+    def error(self, exc: BaseException) -> None:
+        """A failed request, counted by the kind of its error."""
+        if isinstance(exc, RequestFailed):
+            self.failure(exc.kind)
+        elif isinstance(exc, TimeoutError):
+            self.failure("timeout")
+        elif isinstance(exc, (ConnectionError, OSError)):
+            self.failure(f"connection:{type(exc).__name__}")
+        else:
+            self.failure(f"exception:{type(exc).__name__}")
+
 
 async def _issue_recorded(adapter: Adapter, prepared: Any, origin: float, recorder: _Recorder) -> None:
     try:
         await adapter.issue(prepared)
-    except RequestFailed as exc:
-        recorder.failure(exc.kind)
-    except TimeoutError:
-        recorder.failure("timeout")
-    except (ConnectionError, OSError) as exc:
-        recorder.failure(f"connection:{type(exc).__name__}")
     except Exception as exc:  # noqa: BLE001 - any adapter error is a counted failure
-        recorder.failure(f"exception:{type(exc).__name__}")
+        recorder.error(exc)
     else:
         recorder.success(origin)
 
@@ -322,7 +337,10 @@ async def closed_loop(adapter: Adapter, prepared: Sequence[Any], concurrency: in
             await _issue_recorded(adapter, prepared[index % len(prepared)], clock(), recorder)
             index += concurrency
 
-    tasks = [asyncio.create_task(caller(k)) for k in range(concurrency)]
+    if isinstance(adapter, Driven):  # the callers live in its connections' callbacks
+        tasks = [asyncio.create_task(adapter.drive(prepared, concurrency, recorder, lambda: running))]
+    else:
+        tasks = [asyncio.create_task(caller(k)) for k in range(concurrency)]
     try:
         windows, verdict, demand_s, cpu_s = await _measure_windows(recorder, policy, fixed)
     finally:

@@ -44,6 +44,11 @@ class Scenario:
     # At most this many process runs, whatever the profile asks: for scenarios whose every
     # run is a long multi-process job (servers, clusters) with its own repetition inside.
     max_replicates: ClassVar[int | None] = None
+    # CPUs its worker is pinned to, whatever the budget's threads (0: as the budget says).
+    # A load generator and a server need a core each: pinned to the one CPU a 2-core host
+    # gives a worker by default, they shared it, and the client's CPU per request came out
+    # of the server's throughput.
+    cpus: ClassVar[int] = 0
 
     def requirements(self, params: dict[str, Any]) -> list[Requirement]:
         """Requirements for one point of the grid; override when they depend on params."""

@@ -195,7 +195,7 @@ def started_worker(header: RunHeader, cls: type[registry.Scenario], params: dict
     # Counted runs write no artifacts either: every run's job must be the same bytes, since
     # even the length of a path parsed before the region moves the heap, and with it counts.
     artifacts = None if counting else artifacts
-    cpus = cpus or host.choose_cpus(1 if counting else header.budget.threads)
+    cpus = cpus or host.choose_cpus(1 if counting else cls.cpus or header.budget.threads)
     start = time.perf_counter()
     timeout_s = cls.timeout_s * (instructions.TIMEOUT_FACTOR if counting else 1)
 

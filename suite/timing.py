@@ -172,10 +172,10 @@ def _host_pairs(fn: Callable[[], Any], n: int, calls: int) -> tuple[list[float],
 INTERLEAVE_CHUNK = 5  # samples per contender per turn: small enough to share every stretch of time
 
 
-def _next_chunk(have: int, budget: Budget) -> int:
+def _next_chunk(have: int, budget: Budget, chunk: int = INTERLEAVE_CHUNK) -> int:
     """Never past min_samples while below it, never past max_samples."""
     limit = budget.min_samples if have < budget.min_samples else budget.max_samples
-    return min(INTERLEAVE_CHUNK, limit - have)
+    return min(chunk, limit - have)
 
 
 def time_interleaved(contenders: Mapping[str, Callable[[], Any] | SampleSource], budget: Budget,
@@ -224,7 +224,10 @@ def time_interleaved(contenders: Mapping[str, Callable[[], Any] | SampleSource],
     started = time.perf_counter()
     while pending := [name for name, times in samples.items() if not _enough(len(times), started, budget)]:
         for name in pending:
-            chunk = _next_chunk(len(samples[name]), budget)
+            # A self-timed sample is a window of its own (a second of load): one per turn, ABAB,
+            # since five seconds of wrk between two stretches of our generator moved the
+            # generator's throughput by 25% (serving.loadgen, c16).
+            chunk = _next_chunk(len(samples[name]), budget, 1 if self_timed else INTERLEAVE_CHUNK)
             with instructions.region(name, chunk * calls[name], counting):
                 samples[name] += sources[name](chunk)
     return {

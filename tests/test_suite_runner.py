@@ -412,3 +412,16 @@ def test_timed_runs_of_a_job_take_turns_and_counted_ones_go_side_by_side_after_t
     assert next_run([a], [a, a], side_by_side=True) is None  # 1 in + 2 running: all 3 begun
     a.outcomes = [{"status": Status.skipped.value}]
     assert next_run([a, b], [b], side_by_side=True) is None  # a skipped first run ends the job
+
+
+def test_a_scenario_that_needs_two_cpus_gets_them_whatever_the_budget(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A load generator and its server each need a core: a 1-thread budget used to pin
+    the worker, and with it both, to one CPU."""
+    from suite import host
+
+    monkeypatch.setattr(registry.Scenario, "cpus", 2)  # the planted classes are reloaded by run(): patch their base
+    path = run("planted.ok", "quick", FAST.model_copy(update={"replicates": 1, "threads": 1}), tmp_path,
+               packages=PLANTED)
+    runs = [each for record in load_records(path) for each in record.runs]
+    assert len(runs) == 2 and all(len(each.cpus) == min(2, len(host.affinity())) for each in runs)

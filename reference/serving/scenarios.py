@@ -33,6 +33,8 @@ MAX_REPLICATES = 1
 NOT_COUNTED = ("instruction counts: a server under load times itself and does its work in its own processes; "
                "callgrind counts only the worker process's region")
 
+GENERATOR_AND_SERVER = 2  # CPUs of a worker that drives a server: one for the generator, one for the server
+
 MODEL = (Package("torch"), Package("scikit-learn", module="sklearn"), Package("numpy"))
 HTTP = (Package("fastapi"), Package("uvicorn"), Package("httpx"), Package("msgspec"),
         Package("hdrhistogram", module="hdrh"), Package("prometheus-client", module="prometheus_client"),
@@ -197,6 +199,7 @@ class ServerScenario(Scenario):
     """Start a real server in setup (cold start measured), drive it with the load
     generator in measure, judge it in check, stop it in teardown."""
     not_counted = NOT_COUNTED
+    cpus = GENERATOR_AND_SERVER
 
     server: ClassVar[str]
 
@@ -367,6 +370,7 @@ class ServeSideBySide(Scenario):
     (suite.timing.time_interleaved), so throughput ratios between servers come with a CI
     measured in the same minutes; then goodput by search for each."""
     not_counted = NOT_COUNTED
+    cpus = GENERATOR_AND_SERVER
 
     def setup(self, ctx: RunContext) -> None:
         from reference.serving import deployments
@@ -486,7 +490,7 @@ class ServeInProcess(Scenario):
 
 
 @scenario("serving.loadgen", grid={"tool": ["wrk", "hey"], "concurrency": [1, 16, 64], "model": ["small"],
-                                 "threads": [1], "rounds": [10], "seconds": [1]},
+                                 "threads": [1], "rounds": [30], "seconds": [1]},
           profiles={"quick": {"tool": ["wrk"], "rounds": [5]}}, requires=(*MODEL, *HTTP), timeout_s=300)
 class ServeLoadgen(Scenario):
     """The load generator against wrk / hey on the same FastAPI endpoint: rounds of ours
@@ -494,6 +498,7 @@ class ServeLoadgen(Scenario):
     the ratio of throughputs (and of median latencies) with a bootstrap CI, plus the
     generator's own capacity."""
     not_counted = NOT_COUNTED
+    cpus = GENERATOR_AND_SERVER
 
     def requirements(self, params: dict[str, Any]) -> list[Requirement]:
         return [*MODEL, *HTTP, Binary(params["tool"])]
