@@ -461,7 +461,7 @@ def interleaved_ratio(adapter: HttpJsonAdapter, tool: str, url: str, rounds: int
         ours = session.window_source(4, 1.0)
         theirs = external.ExternalSource(tool, HttpJsonAdapter(url), {"x": 1}, 4, 1)
         timed = timing.time_interleaved({"ours": ours, tool: theirs}, budget, self_timed=True)
-    ratio = stats.ratio_of_medians(f"ours_throughput_over_{tool}", timed[tool].times, timed["ours"].times)
+    ratio = stats.paired_ratio(f"ours_throughput_over_{tool}", timed[tool].times, timed["ours"].times)
     return ratio, theirs
 
 

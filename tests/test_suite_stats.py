@@ -55,6 +55,21 @@ def test_proportion_ci_and_paired_delta() -> None:
     assert delta == pytest.approx(-0.05) and low <= delta <= high and high < 0
 
 
+def test_paired_ratio_cancels_drift_that_moves_both_sides_of_a_round() -> None:
+    """Two contenders sampled in turn while the host swings 2x from round to round: the
+    ratio of each round is what is compared, so the swing leaves the CI tight."""
+    rng = np.random.default_rng(3)
+    host = rng.uniform(1.0, 2.0, 30)  # what each round's stretch of time did to both
+    ours, theirs = host * rng.normal(1.0, 0.01, 30), 1.25 * host * rng.normal(1.0, 0.01, 30)
+    paired = stats.paired_ratio("ratio", ours, theirs)
+    assert paired.ci_low < 0.8 < paired.ci_high and paired.ci_high - paired.ci_low < 0.02
+    unpaired = stats.ratio_of_medians("ratio", ours, theirs)
+    assert unpaired.ci_high - unpaired.ci_low > 10 * (paired.ci_high - paired.ci_low)
+    assert stats.paired_ratio("ratio", [1.0, 2.0, 3.0], [1.0, 1.0]).n == 2  # rounds pair up to the shorter side
+    with pytest.raises(ValueError, match="no paired rounds"):
+        stats.paired_ratio("ratio", [], [1.0])
+
+
 def test_ratio_of_medians_brackets_true_speedup() -> None:
     rng = np.random.default_rng(2)
     slow, fast = rng.normal(2.0, 0.05, 300), rng.normal(1.0, 0.025, 300)

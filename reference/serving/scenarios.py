@@ -285,7 +285,7 @@ class ServerScenario(Scenario):
         raw_s, served_s = timed["raw"].times, timed["served"].times
         found += [stats.throughput("raw_throughput", "samples/s", 1, raw_s),
                   stats.throughput("served_throughput", "req/s", 1, served_s),
-                  stats.ratio_of_medians("serving_efficiency", raw_s, served_s),
+                  stats.paired_ratio("serving_efficiency", raw_s, served_s),
                   stats.scalar("peak_throughput", "req/s", True, peak.throughput)]
         good, search = goodput_metrics(self.search)
         found += good
@@ -423,11 +423,11 @@ class ServeSideBySide(Scenario):
             found += [stats.throughput(f"{name}_throughput", "req/s", 1, timed[name].times),
                       stats.summarize(f"{name}_latency", "s", False, source.latencies(kept)),
                       stats.scalar(f"{name}_errors", "requests", False, source.errors(kept)),
-                      stats.ratio_of_medians(f"{name}_efficiency", timed["raw"].times, timed[name].times)]
+                      stats.paired_ratio(f"{name}_efficiency", timed["raw"].times, timed[name].times)]
             good, curves[name] = goodput_metrics(self.searches[name], f"{name}_")
             found += good
         others = [name for name in sources if name != "fastapi"]
-        found += [stats.ratio_of_medians(f"fastapi_over_{name}", timed[name].times, timed["fastapi"].times)
+        found += [stats.paired_ratio(f"fastapi_over_{name}", timed[name].times, timed["fastapi"].times)
                   for name in others]
         ctx.provenance.update(load_average_before=before, load_average_after=load_average(),
                               window_s=INTERLEAVED_WINDOW_S, goodput_search=curves,
@@ -543,8 +543,8 @@ class ServeLoadgen(Scenario):
         kept_theirs = self.theirs.results[-len(theirs_s):]  # the warm-up runs came first
         ours_p50 = [statistics.median(w.latencies) for w in kept_ours if w.latencies]
         theirs_p50 = [t.p50_s for t in kept_theirs]
-        self.ratios = [stats.ratio_of_medians(f"ours_throughput_over_{p['tool']}", theirs_s, ours_s),
-                       stats.ratio_of_medians(f"ours_p50_over_{p['tool']}", ours_p50, theirs_p50,
+        self.ratios = [stats.paired_ratio(f"ours_throughput_over_{p['tool']}", theirs_s, ours_s),
+                       stats.paired_ratio(f"ours_p50_over_{p['tool']}", ours_p50, theirs_p50,
                                               higher_is_better=False)]
         self.measured = self.ours.results[timed["ours"].warmup_calls:]  # one result per warm-up call came first
         self.capacity = [r.capacity for r in self.measured]
