@@ -115,6 +115,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     _pin_threads_and_seed(threads, budget.seed)
     if instructions.requested():
         instructions.shift_layout(job.get("replicate", 0))
+        instructions.stretch_switch_interval()
     importlib.import_module(job["module"])
     cls = registry.get(job["scenario"])
     ctx = RunContext(params=job["params"], budget=budget, profile=job["profile"], seed=budget.seed,

@@ -167,6 +167,8 @@ THREADED = textwrap.dedent("""
     import sys, threading
     from suite import instructions
 
+    instructions.stretch_switch_interval()  # as in a counted worker
+
     def background(n):
         total = 0
         for i in range(n):
@@ -200,6 +202,16 @@ def test_a_region_counts_its_own_thread_not_what_another_thread_does_meanwhile(t
     # The helper's loop is 20x the region's own: counted, it would make busy ~20x idle. What
     # remains is the calling thread's share of handing the GIL over (2.4% here on a quiet host).
     assert abs(busy / idle - 1) <= 0.05, (idle, busy)
+
+
+def test_a_counted_run_hands_the_gil_over_after_as_much_work_as_a_native_one():
+    held = sys.getswitchinterval()
+    try:
+        instructions.stretch_switch_interval()
+        stretched = sys.getswitchinterval()
+    finally:
+        sys.setswitchinterval(held)
+    assert stretched == pytest.approx(held * instructions.NATIVE_SLOWDOWN * instructions.INSTRUMENTED_SLOWDOWN)
 
 
 STEP = textwrap.dedent("""

@@ -360,15 +360,18 @@ class ServeTriton(ServerScenario):
     server = "triton"
 
 
-@scenario("serving.side_by_side", grid={"model": ["large"], "threads": [1], "max_queue_delay_ms": [2.0],
+@scenario("serving.side_by_side", grid={"model": ["large", "xlarge"], "threads": [1], "max_queue_delay_ms": [2.0],
                                       "protocol": ["json"], "concurrency": [16],
                                       "slo_ms": [50.0]},
-          profiles={"quick": {}}, requires=(*MODEL, *HTTP, *TORCHSERVE, *TRITON), timeout_s=1200)
+          profiles={"quick": {"model": ["large"]}}, requires=(*MODEL, *HTTP, *TORCHSERVE, *TRITON), timeout_s=1200)
 class ServeSideBySide(Scenario):
     """Every server of `deployments.STARTERS` at once, same model, same cores, same load:
     their closed-loop windows and the raw in-process limit interleaved in one session
     (suite.timing.time_interleaved), so throughput ratios between servers come with a CI
-    measured in the same minutes; then goodput by search for each."""
+    measured in the same minutes; then goodput by search for each. Two models: `large`
+    (~0.11 ms of compute per row, about what a Python server's HTTP path costs per request)
+    and `xlarge` (~4x that, compute-bound), since serving efficiency says little about a
+    server unless the model's share of the request is known."""
     not_counted = NOT_COUNTED
     cpus = GENERATOR_AND_SERVER
 
