@@ -544,11 +544,12 @@ class ServeLoadgen(Scenario):
         ours_s, theirs_s = timed["ours"].times, timed[p["tool"]].times
         kept_ours = self.ours.windows(len(ours_s))
         kept_theirs = self.theirs.results[-len(theirs_s):]  # the warm-up runs came first
-        ours_p50 = [statistics.median(w.latencies) for w in kept_ours if w.latencies]
-        theirs_p50 = [t.p50_s for t in kept_theirs]
+        # Round i of each side, paired (a window of ours with no completion has no p50)
+        medians = [(statistics.median(w.latencies), t.p50_s) for w, t in zip(kept_ours, kept_theirs) if w.latencies]
+        ours_p50, theirs_p50 = [o for o, _ in medians], [t for _, t in medians]
         self.ratios = [stats.paired_ratio(f"ours_throughput_over_{p['tool']}", theirs_s, ours_s),
                        stats.paired_ratio(f"ours_p50_over_{p['tool']}", ours_p50, theirs_p50,
-                                              higher_is_better=False)]
+                                          higher_is_better=False)]
         self.measured = self.ours.results[timed["ours"].warmup_calls:]  # one result per warm-up call came first
         self.capacity = [r.capacity for r in self.measured]
         ctx.provenance.update(tool=p["tool"], event_loop=_event_loop_name(), seconds_per_round=p["seconds"],
