@@ -105,8 +105,16 @@ class _HttpConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[tuple[int, bytes]] = loop.create_future()
         deadline = loop.call_later(timeout_s, self.expire)  # one timer, cheaper than asyncio.timeout
-        self.send(payload, lambda status, body: waiter.done() or waiter.set_result((status, body)),
-                  lambda exc: waiter.done() or waiter.set_exception(exc))
+
+        def resolve(status: int, body: bytes) -> None:
+            if not waiter.done():
+                waiter.set_result((status, body))
+
+        def reject(exc: BaseException) -> None:
+            if not waiter.done():
+                waiter.set_exception(exc)
+
+        self.send(payload, resolve, reject)
         try:
             return await waiter
         finally:
