@@ -37,7 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from suite import stats
-from suite.httpclient import RequestFailed
+from suite.httpclient import Recorder, RequestFailed
 from suite.schema import Metric
 
 STABILITY_WINDOWS = 3
@@ -67,7 +67,7 @@ class Driven(Protocol):
     does): no task or future per request, so the generator's turnaround between a
     response and the next request stays far below the server's (suite.httpclient)."""
 
-    async def drive(self, prepared: Sequence[Any], concurrency: int, recorder: Any,
+    async def drive(self, prepared: Sequence[Any], concurrency: int, recorder: Recorder,
                     running: Callable[[], bool]) -> None: ...
 
 

@@ -172,7 +172,7 @@ def _host_pairs(fn: Callable[[], Any], n: int, calls: int) -> tuple[list[float],
 INTERLEAVE_CHUNK = 5  # samples per contender per turn: small enough to share every stretch of time
 
 
-def _next_chunk(have: int, budget: Budget, chunk: int = INTERLEAVE_CHUNK) -> int:
+def _next_chunk(have: int, budget: Budget, chunk: int) -> int:
     """Never past min_samples while below it, never past max_samples."""
     limit = budget.min_samples if have < budget.min_samples else budget.max_samples
     return min(chunk, limit - have)
