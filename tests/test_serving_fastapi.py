@@ -208,6 +208,23 @@ def test_binds_loopback_only(live: deployments.Deployment) -> None:
     assert f"0100007F:{port:04X}" in listening
 
 
+def test_server_thread_pools_follow_its_threads_not_its_starters(model_root: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A suite worker on 2 CPUs exports MKL_NUM_THREADS=2; a 1-thread server must not inherit it."""
+    from reference.serving.process import THREAD_VARIABLES
+
+    for name in THREAD_VARIABLES:
+        monkeypatch.setenv(name, "2")
+    deployment = deployments.start_fastapi(model_root / "1", tmp_path, deployments.ServeOptions(threads=1))
+    try:
+        assert deployment.process.process is not None
+        raw = Path(f"/proc/{deployment.process.process.pid}/environ").read_bytes()
+        env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+        assert {name: env[name.encode()] for name in THREAD_VARIABLES} == dict.fromkeys(THREAD_VARIABLES, b"1")
+    finally:
+        deployment.stop()
+
+
 def test_png_upload_is_served_as_its_pixels(live: deployments.Deployment, reference_model: models.DigitsMLP) -> None:
     png = images.row_to_png(ROWS[5])
     base = live.base_url

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -99,6 +100,35 @@ def test_closed_loop_holds_exactly_the_concurrency() -> None:
     assert [len(w.latencies) for w in result.windows] == [40, 40, 40]  # count windows are exact
     assert result.mode == "closed" and result.level == 6
     assert result.windows[0].end <= result.windows[1].start + 1e-12  # windows tile the run
+
+
+class ColdStartAdapter(SleepyAdapter):
+    """The first `cold` requests take `cold_s` (a server's first batch after idling), the
+    rest `service_s`."""
+
+    def __init__(self, service_s: float, cold: int, cold_s: float) -> None:
+        super().__init__(service_s)
+        self.cold, self.cold_s = cold, cold_s
+
+    async def issue(self, prepared: Any) -> Any:
+        if self.calls < self.cold:
+            self.calls += 1
+            await asyncio.sleep(self.cold_s)
+            return prepared
+        return await super().issue(prepared)
+
+
+def test_a_ramped_window_opens_once_every_caller_was_answered() -> None:
+    def first_window(ramp: int) -> loadgen.Window:
+        policy = loadgen.WindowPolicy(duration_s=0.1, max_windows=3, warmup_s=0.0, ramp=ramp)
+        started = time.perf_counter()
+        result = loadgen.run(lambda: loadgen.closed_loop(ColdStartAdapter(0.002, 4, 0.06), [0], 4, policy, fixed=1))
+        window = result.windows[0]
+        assert (window.start - started >= 0.06) == bool(ramp)
+        return window
+
+    cold, ramped = first_window(0), first_window(4)
+    assert ramped.throughput > 1.5 * cold.throughput  # the cold window counted 60 ms of pipeline fill
 
 
 def test_errors_are_counted_by_kind_and_not_as_throughput() -> None:
@@ -300,8 +330,6 @@ class TinyHttpServer:
         return int(self._connections.value)
 
     def __enter__(self) -> TinyHttpServer:
-        import time
-
         self._process.start()
         deadline = time.monotonic() + 10
         while self._port.value == 0 and time.monotonic() < deadline:
@@ -436,7 +464,6 @@ class SlowAdapter(HttpJsonAdapter):
     it (50 req/s at most, whatever the concurrency)."""
 
     def check(self, status: int, body: bytes) -> bytes:
-        import time
 
         time.sleep(0.020)
         return super().check(status, body)
@@ -446,7 +473,6 @@ class GreedyAdapter(HttpJsonAdapter):
     """Planted bug: a generator that burns 3 ms of CPU per request."""
 
     def check(self, status: int, body: bytes) -> bytes:
-        import time
 
         end = time.process_time() + 0.003
         while time.process_time() < end:
@@ -458,7 +484,7 @@ def interleaved_ratio(adapter: HttpJsonAdapter, tool: str, url: str, rounds: int
     """Ours (through `adapter`) and `tool` on the same endpoint, interleaved rounds of 1 s."""
     budget = Budget(warmup_calls=1, warmup_s=0.0, min_samples=rounds, max_samples=rounds, max_time_s=1.0)
     with loadgen.LoadSession(lambda: adapter, [{"x": 1}]) as session:
-        ours = session.window_source(4, 1.0)
+        ours = session.window_source(4, 1.0, ramp=False)  # as the scenario: cold, like the tool
         theirs = external.ExternalSource(tool, HttpJsonAdapter(url), {"x": 1}, 4, 1)
         timed = timing.time_interleaved({"ours": ours, tool: theirs}, budget, self_timed=True)
     ratio = stats.paired_ratio(f"ours_throughput_over_{tool}", timed[tool].times, timed["ours"].times)

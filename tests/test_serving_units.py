@@ -63,6 +63,40 @@ def test_unknown_formats_and_sizes_are_refused(tmp_path: Path, tiny_model: model
         models.build("huge")
 
 
+THREAD_CALL = """
+import os, sys, threading
+from pathlib import Path
+import numpy as np
+from reference.serving import models
+version = models.save_version(models.build("large", seed=0), Path(sys.argv[1]), "torchscript")
+predictor = models.load_version(version, threads=1)
+rows = np.zeros((16, predictor.in_features), np.float32)
+def call():
+    before = len(os.listdir("/proc/self/task"))
+    predictor(rows)
+    print(len(os.listdir("/proc/self/task")) - before)
+worker = threading.Thread(target=call)
+worker.start()
+worker.join()
+"""
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "state_dict"])
+def test_a_predictor_called_from_another_thread_keeps_its_thread_count(tmp_path: Path, fmt: str) -> None:
+    """A 1-thread predictor called from a server's batcher thread, in a process whose
+    environment says MKL_NUM_THREADS=2, starts no thread pool of its own."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MKL_NUM_THREADS": "2", "OMP_NUM_THREADS": "1"}
+    code = THREAD_CALL.replace('"torchscript"', repr(fmt))
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "1")], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0"]  # threads started by the call
+
+
 def test_png_round_trip_and_refusals() -> None:
     from PIL import Image
 

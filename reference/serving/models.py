@@ -9,6 +9,7 @@ never code to unpickle.
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -79,8 +80,16 @@ class Predictor:
         return self.run(np.ascontiguousarray(rows, dtype=np.float32))
 
 
-def _torch_runner(module: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+def _torch_runner(module: torch.nn.Module, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Each thread that calls it sets torch's thread count on its first call: MKL keeps that
+    count per thread, and a thread that never set it (a server's batcher thread) takes
+    MKL_NUM_THREADS, whose 2 threads on one pinned CPU made every call 2.3x slower."""
+    pinned = threading.local()
+
     def run(rows: np.ndarray) -> np.ndarray:
+        if not getattr(pinned, "threads", None):
+            torch.set_num_threads(threads)
+            pinned.threads = threads
         with torch.inference_mode():
             return module(torch.from_numpy(rows)).numpy()
 
@@ -110,13 +119,13 @@ def load_version(version_dir: Path, threads: int = 1) -> Predictor:
         raise ValueError(f"{version_dir}: unknown model format {fmt!r}")
     path = version_dir / FILE_NAMES[fmt]
     if fmt == "torchscript":
-        run = _torch_runner(torch.jit.load(str(path), map_location="cpu").eval())
+        run = _torch_runner(torch.jit.load(str(path), map_location="cpu").eval(), threads)
     elif fmt == "onnx":
         run = _onnx_runner(path, threads)
     else:
         model = DigitsMLP(meta["architecture"]["hidden"], meta["in_features"], meta["classes"])
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
-        run = _torch_runner(model.eval())
+        run = _torch_runner(model.eval(), threads)
     return Predictor(run=run, in_features=int(meta["in_features"]), fmt=fmt)
 
 

@@ -24,6 +24,14 @@ from reference.lifeline import Lifeline, preexec
 
 LOG_TAIL = 2000
 _LIVE: set[ManagedServer] = set()
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def with_threads(env: Mapping[str, str], threads: int) -> dict[str, str]:
+    """`env` with every native thread pool sized to `threads`. A server inherits its
+    starter's variables, and a suite worker's name the worker's CPUs (2), not the server's:
+    setting only OMP_NUM_THREADS left MKL_NUM_THREADS=2 in every server's environment."""
+    return {**env, **dict.fromkeys(THREAD_VARIABLES, str(threads))}
 
 
 class ServerFailed(RuntimeError):

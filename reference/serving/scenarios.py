@@ -533,7 +533,8 @@ class ServeLoadgen(Scenario):
         try:
             with loadgen.pinned(self.generator_cpus), \
                     loadgen.LoadSession(self.deployment.predict, [request]) as session:
-                self.ours = session.window_source(p["concurrency"], float(p["seconds"]))
+                # cold, as every run of the external tool is
+                self.ours = session.window_source(p["concurrency"], float(p["seconds"]), ramp=False)
                 endpoint = adapters.rows_json(f"{self.deployment.base_url}/predict")  # what deployment.predict speaks
                 self.theirs = ExternalSource(p["tool"], endpoint, request, p["concurrency"], p["seconds"],
                                              self.generator_cpus)

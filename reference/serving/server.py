@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reference.serving.app import Settings, create_app
-from reference.serving.process import ManagedServer, free_port, http_ok
+from reference.serving.process import ManagedServer, free_port, http_ok, with_threads
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,8 +83,8 @@ def start(model_root: Path, workdir: Path, *, version: str = "1", max_batch_size
                "--version", version, "--port", str(port), "--max-batch-size", str(max_batch_size),
                "--max-queue-delay-ms", str(max_queue_delay_ms), "--max-pending", str(max_pending),
                "--threads", str(threads), *(() if warmup else ("--no-warmup",)), *extra_args]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = with_threads({**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}, threads)
     base = f"http://127.0.0.1:{port}"
     workdir.mkdir(parents=True, exist_ok=True)
     server = ManagedServer("fastapi", command, workdir / f"fastapi-{port}.log", env=env,

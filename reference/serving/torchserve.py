@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from reference.serving.process import ManagedServer, ServerFailed, free_port, http_ok
+from reference.serving.process import ManagedServer, ServerFailed, free_port, http_ok, with_threads
 
 MODEL_NAME = "digits"
 HANDLER = Path(__file__).with_name("torchserve_handler.py")
@@ -136,7 +136,7 @@ def start_torchserve(version_dir: Path, workdir: Path, *, batch_size: int = 8, m
     archive(version_dir, store, threads)
     ports = (free_port(), free_port(), free_port(), free_port(), free_port())
     config = write_config(workdir, store, ports, batch_size, max_batch_delay_ms, max_request_bytes)
-    env = {**os.environ, "TEMP": str(workdir), "TMPDIR": str(workdir), "OMP_NUM_THREADS": str(threads)}
+    env = with_threads({**os.environ, "TEMP": str(workdir), "TMPDIR": str(workdir)}, threads)
     urls = [f"http://127.0.0.1:{p}" for p in ports[:3]]
     command = [_tool("torchserve"), "--start", "--foreground", "--ts-config", str(config),
                "--model-store", str(store), "--ncs"]

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from reference.serving.process import ManagedServer, ServerFailed, free_port, http_ok
+from reference.serving.process import ManagedServer, ServerFailed, free_port, http_ok, with_threads
 
 MODEL_NAME, INPUT_NAME, OUTPUT_NAME = "digits", "INPUT", "OUTPUT"
 PACKAGES = ("nvidia-pytriton", "numpy<2")
@@ -62,8 +62,8 @@ class TritonInstall:
     def env(self, threads: int) -> dict[str, str]:
         libdirs = [sysconfig.get_config_var("LIBDIR"), str(self.site_packages / "nvidia_pytriton.libs"),
                    os.environ.get("LD_LIBRARY_PATH", "")]
-        return {**os.environ, "PATH": f"{self.venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-                "LD_LIBRARY_PATH": os.pathsep.join(d for d in libdirs if d), "OMP_NUM_THREADS": str(threads)}
+        return with_threads({**os.environ, "PATH": f"{self.venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+                             "LD_LIBRARY_PATH": os.pathsep.join(d for d in libdirs if d)}, threads)
 
 
 def base_python() -> Path:
