@@ -290,8 +290,8 @@ async def _measure_windows(recorder: _Recorder, policy: WindowPolicy,
         await _until_recorded(recorder, policy.ramp, clock() + (policy.duration_s or policy.max_window_s))
     windows: list[Window] = []
     demand_start, cpu_start = cpu_demand_s(), time.process_time()
-    start = clock()
     cursor = len(recorder.events)
+    start = recorder.events[-1][0] if policy.ramp and cursor else clock()
     while len(windows) < (fixed or policy.max_windows):
         if policy.duration_s is not None:
             await asyncio.sleep(max(0.0, start + policy.duration_s - clock()))
@@ -299,6 +299,12 @@ async def _measure_windows(recorder: _Recorder, policy: WindowPolicy,
             upto = len(recorder.events)
             while upto > cursor and recorder.events[upto - 1][0] > end:
                 upto -= 1
+            if upto > cursor:
+                # Close at the last completion: a batching server answers in bursts, and a
+                # window that opens on a burst (a ramped or a cold loop) and is cut between
+                # two bursts counts part of a cycle without its burst: half a cycle short on
+                # average, -4% for 8 ms cycles in 0.1 s windows.
+                end = recorder.events[upto - 1][0]
         else:
             assert policy.count is not None
             await _until_recorded(recorder, cursor + policy.count, start + policy.max_window_s)
