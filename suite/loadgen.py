@@ -27,10 +27,12 @@ import asyncio
 import contextlib
 import math
 import os
+import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -42,6 +44,7 @@ from suite.schema import Metric
 
 STABILITY_WINDOWS = 3
 STABILITY_TOLERANCE = 0.10
+PLATEAU_GAIN = 0.05  # warm-up ends when throughput rises by less than this from one stretch to the next
 MAX_OUTSTANDING = 4096  # open loop: arrivals beyond this many in flight count as `overload`
 DRAIN_TIMEOUT_S = 5.0
 
@@ -88,6 +91,7 @@ class WindowPolicy:
     # Completions to wait for after warm-up (within one window's time): the first batch of a
     # cold closed loop is pipeline fill, and a 0.1 s window that counts it loses ~10%.
     ramp: int = 0
+    plateau: bool = False  # stop once throughput has stopped rising (a warm-up), not once stable
 
     def __post_init__(self) -> None:
         if (self.duration_s is None) == (self.count is None):
@@ -118,6 +122,18 @@ def spread(values: Sequence[float]) -> float:
     if low <= 0 or not math.isfinite(high):
         return math.inf
     return high / low - 1.0
+
+
+def plateaued(windows: Sequence[Window], gain: float = PLATEAU_GAIN) -> bool:
+    """Throughput has stopped rising: the median of the last STABILITY_WINDOWS windows is
+    within `gain` of the median of the STABILITY_WINDOWS before them. A JIT-compiled server
+    needs this, not a fixed time: TorchServe went from 421 to ~2,800 req/s over its first
+    17 s of load, so 5 s of warm-up measured it at 60% of its speed."""
+    k = STABILITY_WINDOWS
+    if len(windows) < 2 * k:
+        return False
+    recent = statistics.median(w.throughput for w in windows[-k:])
+    return recent <= (1 + gain) * statistics.median(w.throughput for w in windows[-2 * k:-k])
 
 
 def stable(windows: Sequence[Window], tolerance: float = STABILITY_TOLERANCE) -> bool:
@@ -285,6 +301,7 @@ async def _measure_windows(recorder: _Recorder, policy: WindowPolicy,
     windows when given); returns the windows, the verdict and the generator's CPU demand
     and process CPU time while measuring."""
     clock = recorder.clock
+    done = plateaued if policy.plateau else partial(stable, tolerance=policy.tolerance)
     await asyncio.sleep(policy.warmup_s)
     if policy.ramp:
         await _until_recorded(recorder, policy.ramp, clock() + (policy.duration_s or policy.max_window_s))
@@ -314,9 +331,9 @@ async def _measure_windows(recorder: _Recorder, policy: WindowPolicy,
         windows.append(Window(start, end, [lat for _, lat, kind in chunk if kind is None],
                               Counter(kind for _, _, kind in chunk if kind is not None)))
         cursor, start = upto, end
-        if fixed is None and stable(windows, policy.tolerance):
+        if fixed is None and done(windows):
             return windows, True, cpu_demand_s() - demand_start, time.process_time() - cpu_start
-    return windows, stable(windows, policy.tolerance), cpu_demand_s() - demand_start, time.process_time() - cpu_start
+    return windows, done(windows), cpu_demand_s() - demand_start, time.process_time() - cpu_start
 
 
 async def _until_recorded(recorder: _Recorder, count: int, deadline: float) -> None:
@@ -481,6 +498,11 @@ class LoadSession:
 
     def open(self, rate: float, policy: WindowPolicy, seed: int = 0) -> LoadResult:
         return self._runner.run(open_loop(self.adapter, self.prepared, rate, policy, seed=seed))
+
+    def warm_up(self, concurrency: int, window_s: float = 1.0, max_windows: int = 60) -> LoadResult:
+        """Closed-loop load until throughput stops rising (`plateaued`), at most `max_windows`."""
+        policy = WindowPolicy(duration_s=window_s, max_windows=max_windows, warmup_s=0.0, plateau=True)
+        return self.closed(concurrency, policy)
 
     def window_source(self, concurrency: int, window_s: float, ramp: bool = True) -> WindowSource:
         return WindowSource(self, concurrency, window_s, ramp)

@@ -45,6 +45,16 @@ def test_stable_needs_three_windows_agreeing_on_throughput_and_p99() -> None:
     assert loadgen.stable([window(10, 5.0), *agreeing])  # only the last three count
 
 
+def test_plateau_is_throughput_that_stopped_rising() -> None:
+    def windows(*rates: float) -> list[loadgen.Window]:
+        return [window(rate, 0.01) for rate in rates]
+
+    assert not loadgen.plateaued(windows(400, 900, 1100, 1300, 1400, 1500))  # still climbing
+    assert loadgen.plateaued(windows(400, 1100, 1120, 1150, 1130, 1110))
+    assert loadgen.plateaued(windows(1000, 1000, 1000, 700, 650, 720))  # falling is not rising
+    assert not loadgen.plateaued(windows(1000, 1000, 1000, 1000, 1000))  # five windows are too few
+
+
 def test_window_policy_refuses_ambiguous_or_short_settings() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         loadgen.WindowPolicy(duration_s=1.0, count=10)
@@ -124,7 +134,7 @@ def test_a_ramped_window_opens_once_every_caller_was_answered() -> None:
         started = time.perf_counter()
         result = loadgen.run(lambda: loadgen.closed_loop(ColdStartAdapter(0.002, 4, 0.06), [0], 4, policy, fixed=1))
         window = result.windows[0]
-        assert (window.start - started > 0.05) == bool(ramp)  # after the 60 ms first answers (libuv rounds timers to ms)
+        assert (window.start - started > 0.05) == bool(ramp)  # libuv rounds timers to ms
         return window
 
     cold, ramped = first_window(0), first_window(4)
@@ -163,6 +173,28 @@ def test_windows_of_a_bursty_server_measure_its_rate() -> None:
     cycles = np.diff(adapter.bursts)
     served = 4 / float(np.mean(cycles))  # whatever the host did to the timer
     assert np.median([w.throughput for w in result.windows]) == pytest.approx(served, rel=0.04)
+
+
+class WarmingAdapter(SleepyAdapter):
+    """A JIT-compiled server in miniature: 20 ms per request at first, faster with every
+    request until `service_s` after `cold` of them."""
+
+    def __init__(self, service_s: float, cold: int) -> None:
+        super().__init__(service_s)
+        self.cold = cold
+
+    async def issue(self, prepared: Any) -> Any:
+        self.calls += 1
+        await asyncio.sleep(self.service_s + (0.02 - self.service_s) * max(0.0, 1 - self.calls / self.cold))
+        return prepared
+
+
+def test_warm_up_lasts_until_the_server_stops_speeding_up() -> None:
+    with loadgen.LoadSession(lambda: WarmingAdapter(0.002, cold=100), [0]) as session:
+        warm = session.warm_up(4, window_s=0.05, max_windows=40)
+    rates = [w.throughput for w in warm.windows]
+    assert warm.stable and 6 <= len(rates) < 40
+    assert np.median(rates[-3:]) > 3 * rates[0]  # it went on past the slow start
 
 
 def test_errors_are_counted_by_kind_and_not_as_throughput() -> None:

@@ -63,7 +63,6 @@ WINDOWS_PER_BUDGET = 3
 SHORT_BUDGET_S = 5.0  # below this (quick), one extra window to reach stability; else three
 INTERLEAVED_WINDOW_S = 0.1  # one server sample when interleaved with other contenders
 SEARCH_HEADROOM = 1.2  # the goodput search starts at this multiple of the closed-loop peak
-SERVER_WARMUP_S = 5.0  # side by side: each server under load this long first (TorchServe's JVM needs seconds)
 
 
 def window_policy(budget: Budget) -> Any:
@@ -170,6 +169,12 @@ def raw_throughput(ctx: RunContext, predictor: Any, batch: int, threads: int, pr
     return found
 
 
+def warmed_up(result: Any) -> dict[str, Any]:
+    """A server's warm-up for provenance: how long its throughput took to stop rising."""
+    return {"windows": len(result.windows), "plateaued": result.stable,
+            "window_throughput": [round(w.throughput) for w in result.windows]}
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -269,6 +274,7 @@ class ServerScenario(Scenario):
         try:
             with loadgen.pinned(self.generator_cpus), \
                     loadgen.LoadSession(self.deployment.predict, self.subject.load_rows) as session:
+                warm_up = session.warm_up(max(p["concurrency"]))
                 self.closed = [session.closed(c, policy) for c in p["concurrency"]]
                 peak = max(self.closed, key=lambda r: r.throughput)
                 served = session.window_source(int(peak.level), INTERLEAVED_WINDOW_S)
@@ -291,6 +297,7 @@ class ServerScenario(Scenario):
         found += good
         ctx.provenance.update(
             event_loop=_event_loop_name(), window_s=policy.duration_s, load_average_before=before,
+            server_warmup=warmed_up(warm_up),
             load_average_after=load_average(), peak_concurrency=peak.level, raw_format=predictor.fmt,
             unstable_points=[f"closed@{r.level:g}" for r in self.closed if not r.stable],
             load_points=[r.describe() for r in self.closed], goodput_search=search,
@@ -371,7 +378,8 @@ class ServeSideBySide(Scenario):
     measured in the same minutes; then goodput by search for each. Two models: `large`
     (~0.11 ms of compute per row, about what a Python server's HTTP path costs per request)
     and `xlarge` (~4x that, compute-bound), since serving efficiency says little about a
-    server unless the model's share of the request is known."""
+    server unless the model's share of the request is known. Each server is first warmed
+    up until its throughput stops rising (TorchServe's JVM takes ~20 s)."""
     not_counted = NOT_COUNTED
     cpus = GENERATOR_AND_SERVER
 
@@ -409,11 +417,11 @@ class ServeSideBySide(Scenario):
             with loadgen.pinned(self.generator_cpus), contextlib.ExitStack() as stack:
                 sessions = {name: stack.enter_context(loadgen.LoadSession(d.predict, self.subject.load_rows))
                             for name, d in self.deployments.items()}
+                warm_ups = {name: session.warm_up(p["concurrency"]) for name, session in sessions.items()}
                 sources = {name: session.window_source(p["concurrency"], INTERLEAVED_WINDOW_S)
                            for name, session in sessions.items()}
-                warm = ctx.budget.model_copy(update={"warmup_s": max(ctx.budget.warmup_s, SERVER_WARMUP_S)})
                 timed = timing.time_interleaved({**sources, "raw": raw_source(predictor, self.options.max_batch_size)},
-                                                warm, self_timed=True)
+                                                ctx.budget, self_timed=True)
                 policy = window_policy(ctx.budget)
                 self.searches = {name: goodput_search(sessions[name], SEARCH_HEADROOM / statistics.median(
                     timed[name].times), p["slo_ms"] / 1000.0, policy, ctx.seed) for name in sessions}
@@ -434,6 +442,7 @@ class ServeSideBySide(Scenario):
                   for name in others]
         ctx.provenance.update(load_average_before=before, load_average_after=load_average(),
                               window_s=INTERLEAVED_WINDOW_S, goodput_search=curves,
+                              server_warmup={name: warmed_up(r) for name, r in warm_ups.items()},
                               latency_hdr_us={n: loadgen.hdr_export(s.latencies(len(timed[n].times)))
                                               for n, s in sources.items()})
         return found
