@@ -49,10 +49,13 @@ def test_plateau_is_throughput_that_stopped_rising() -> None:
     def windows(*rates: float) -> list[loadgen.Window]:
         return [window(rate, 0.01) for rate in rates]
 
-    assert not loadgen.plateaued(windows(400, 900, 1100, 1300, 1400, 1500))  # still climbing
-    assert loadgen.plateaued(windows(400, 1100, 1120, 1150, 1130, 1110))
-    assert loadgen.plateaued(windows(1000, 1000, 1000, 700, 650, 720))  # falling is not rising
-    assert not loadgen.plateaued(windows(1000, 1000, 1000, 1000, 1000))  # five windows are too few
+    assert not loadgen.plateaued(windows(400, 900, 1100, 1300, 1400, 1500), k=3)  # still climbing
+    assert loadgen.plateaued(windows(400, 1100, 1120, 1150, 1130, 1110), k=3)
+    assert loadgen.plateaued(windows(1000, 1000, 1000, 700, 650, 720), k=3)  # falling is not rising
+    assert not loadgen.plateaued(windows(1000, 1000, 1000, 1000, 1000), k=3)  # five windows are too few
+    # TorchServe's warm-up (1 s windows): a 6 s rest at ~1,200 req/s, then on to ~2,800
+    torchserve = windows(363, 698, 1054, 1066, 1054, 1242, 1142, 1355, 1183, 1399, 1089)
+    assert loadgen.plateaued(torchserve, k=3) and not loadgen.plateaued(torchserve)
 
 
 def test_window_policy_refuses_ambiguous_or_short_settings() -> None:
