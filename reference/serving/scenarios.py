@@ -258,8 +258,9 @@ class ServerScenario(Scenario):
         return self.deployment.predict()
 
     def measure(self, ctx: RunContext) -> list[Metric]:
-        """Closed loop at each concurrency; then, at the peak's concurrency, server windows
-        interleaved with the raw in-process limit; then the goodput search."""
+        """A warm-up until throughput stops rising, then a closed loop at each concurrency;
+        then, at the peak's concurrency, server windows interleaved with the raw in-process
+        limit; then the goodput search."""
         import torch
 
         from suite import loadgen, timing
