@@ -270,6 +270,38 @@ def _batching(record: Record) -> str:
     return f"on, max {p.get('max_batch_size', '?')}, {p.get('max_queue_delay_ms', '?')} ms"
 
 
+def side_by_side(records: list[Record]) -> tuple[Table, list[str]]:
+    """Every server of a `serving.side_by_side` record in one row each: the same model,
+    cores and minutes, so its ratios to the reference server carry their own CIs; and one
+    answer line per record."""
+    table = Table([Column("server"), Column("model"), Column("machine"), Column("throughput", "req/s", HIGHER),
+                   Column("p99", "ms", LOWER), Column("serving efficiency", "served / in-process", HIGHER),
+                   Column("goodput at the SLO, by search", "req/s", HIGHER),
+                   Column("fastapi ÷ this server", "throughput ratio", HIGHER), Column("conformance")],
+                  caption="Side by side: every server under the same closed-loop load, their windows and the "
+                          "in-process limit interleaved in the same minutes; ratios are medians of per-window "
+                          "ratios with a bootstrap CI.")
+    answers = []
+    for r in of_family(records, "serving"):
+        if r.scenario != "serving.side_by_side":
+            continue
+        servers = [m.name.removesuffix("_efficiency") for m in r.metrics if m.name.endswith("_efficiency")]
+        for server in servers:
+            tail = p99(r.metric(f"{server}_latency"))
+            table.rows.append([
+                Cell(server, link=anchor(r)), Cell(str(r.params.get("model", "?"))), Cell(machine_label(r.env)),
+                metric_cell(r.metric(f"{server}_throughput"), r),
+                number_cell(tail[0], r, MS) if tail else Cell("-"),
+                metric_cell(r.metric(f"{server}_efficiency"), r), metric_cell(r.metric(f"{server}_goodput"), r),
+                metric_cell(r.metric(f"fastapi_over_{server}"), r), checks_cell(r)])
+        ratios = [f"÷ {m.name.removeprefix('fastapi_over_')} {metric_cell(m, r).text}{_marks(metric_cell(m, r))}"
+                  for m in r.metrics if m.name.startswith("fastapi_over_")]
+        if ratios:
+            answers.append(f"Side by side ({r.params.get('model', '?')} model, {machine_label(r.env)}, "
+                           f"{r.profile} profile): fastapi {', '.join(ratios)}.")
+    return table, answers
+
+
 def serving(records: list[Record]) -> Section:
     section = Section("serving", "Serving: throughput under a latency SLO",
                       "(b) Which server, with which batching setting, gives the most throughput under a p99 SLO?")
@@ -312,6 +344,10 @@ def serving(records: list[Record]) -> Section:
         section.answers.append(f"Most throughput with p99 within the SLO: {best[2]}: {fmt(best[0])} req/s "
                                f"(at load point {best[1]}){_marks(best[3])}.")
     section.tables.append(table)
+    compared, answers = side_by_side(records)
+    if compared.rows:
+        section.answers += answers
+        section.tables.append(compared)
     if series:
         slo_line = ("y", min(s for s in slos if s is not None) * MS, "p99 SLO") if any(slos) else None
         section.plot = Plot("plot-serving", "Latency–throughput curves, closed loop at concurrency 1 … N",

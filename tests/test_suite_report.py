@@ -37,8 +37,11 @@ def example_results(folder: Path) -> Path:
 
 
 def raw_records() -> list[dict]:
-    return [json.loads(line) for path in [*EXAMPLES, DATA / "results-v2.jsonl"]
-            for line in path.read_text().splitlines() if line.strip()]
+    return [record for path in [*EXAMPLES, DATA / "results-v2.jsonl"] for record in raw_records_of(path)]
+
+
+def raw_records_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def raw_metric(record: dict, name: str) -> dict:
@@ -110,6 +113,24 @@ def test_serving_throughput_under_the_slo_is_read_off_the_curve(sections: dict[s
     row = rows_of(sections["serving"])[0]
     assert row[3].value == max(within)
     assert row[4].value == raw_metric(fastapi, "goodput")["value"]
+
+
+def test_side_by_side_servers_share_one_table_with_their_ratios(tmp_path: Path) -> None:
+    """A serving.side_by_side record: a row per server with its own figures, and the
+    reference server's ratios to the others in the answer, from the record's numbers."""
+    shutil.copy(DATA / "side-by-side-xlarge.jsonl", tmp_path)
+    records, sources = load_with_sources(tmp_path)
+    serving = next(s for s in build(records, sources, tmp_path) if s.id == "serving")
+    record = raw_records_of(DATA / "side-by-side-xlarge.jsonl")[0]
+    rows = {row[0].text: row for row in rows_of(serving, 1)}
+    assert set(rows) == {"fastapi", "torchserve", "triton"}
+    for server, row in rows.items():
+        assert row[3].value == raw_metric(record, f"{server}_throughput")["value"]
+        assert row[5].value == raw_metric(record, f"{server}_efficiency")["value"]
+    assert rows["fastapi"][7].text == "-"
+    assert rows["triton"][7].value == raw_metric(record, "fastapi_over_triton")["value"]
+    ratio = raw_metric(record, "fastapi_over_torchserve")
+    assert any(f"÷ torchserve {ratio['value']:.4g}" in answer for answer in serving.answers)
 
 
 def test_tracking_cost_and_conformance_failures_come_from_the_records(sections: dict[str, Section]) -> None:
