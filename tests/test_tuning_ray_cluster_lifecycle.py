@@ -35,3 +35,10 @@ def test_scenario_places_trials_on_both_nodes_and_stops_the_cluster() -> None:
     values = {m.name: m.value for m in metrics}
     assert values["trials_on_node0"] + values["trials_on_node1"] == 9 and values["cluster_start"] > 0
     assert provenance["listening"], "the addresses Ray listens on are recorded"
+
+
+def test_every_port_a_node_is_given_is_its_own() -> None:
+    """Ray refuses to start a node whose components share a port; one bind after another
+    once gave the metrics exporter the GCS port."""
+    ports = ray_cluster.free_ports(64)
+    assert len(set(ports)) == 64 and all(1024 <= port < 65536 for port in ports)

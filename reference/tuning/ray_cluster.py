@@ -57,17 +57,24 @@ class LoopbackCluster:
     reaped: int = 0  # processes still alive after the nodes were stopped
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports. Every socket is held until all are chosen: a
+    port released by one bind can come back from the next, and Ray refuses to start when
+    two of its components get the same one (its metrics port once equalled the GCS port)."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((LOOPBACK, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
-def _ray_start(*args: str, cpus: int, root: Path) -> list[str]:
+def _ray_start(*args: str, cpus: int, root: Path, ports: list[int]) -> list[str]:
+    """A `ray start` command line; `ports`: its dashboard agent's and its metrics exporter's."""
+    agent, metrics = ports
     return [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", f"--node-ip-address={LOOPBACK}",
             f"--num-cpus={cpus}", "--num-gpus=0", f"--object-store-memory={OBJECT_STORE_BYTES}",
-            f"--temp-dir={root}", f"--dashboard-agent-listen-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}", *args]
+            f"--temp-dir={root}", f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
+            *args]
 
 
 def _wait_for(condition: Any, what: str, nodes: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
@@ -137,7 +144,7 @@ def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1) -> Iterator[Loopbac
     if ray.is_initialized():
         raise RuntimeError("this process is already connected to a Ray cluster; refusing to share it")
     root = Path(tempfile.mkdtemp(prefix="mlsuite-rayc-"))  # short: Ray's socket paths are length-limited
-    port = _free_port()
+    port, *head_ports = free_ports(3)
     cluster = LoopbackCluster(address=f"{LOOPBACK}:{port}", session_root=root, cpus_per_node=cpus_per_node)
     started: list[subprocess.Popen[bytes]] = []
     logs: list[Path] = []
@@ -154,11 +161,12 @@ def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1) -> Iterator[Loopbac
         stack.callback(_stop_all, started, root, cluster)
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
         launch(_ray_start("--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats",
-                          cpus=cpus_per_node, root=root), "head")
+                          cpus=cpus_per_node, root=root, ports=head_ports), "head")
         _wait_for(lambda: _gcs_up(port), "head start", started, logs)
         cluster.head_s = time.perf_counter() - began
         for index in range(1, nodes):
-            launch(_ray_start(f"--address={cluster.address}", cpus=cpus_per_node, root=root), f"worker{index}")
+            launch(_ray_start(f"--address={cluster.address}", cpus=cpus_per_node, root=root, ports=free_ports(2)),
+                   f"worker{index}")
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
         _wait_for(lambda: len(alive_nodes()) == nodes, f"{nodes} nodes joining", started, logs)
         cluster.start_s = time.perf_counter() - began
