@@ -27,10 +27,10 @@ pytest.importorskip("sklearn")
 
 import httpx  # noqa: E402
 
+from reference.ports import free_port  # noqa: E402
 from reference.serving import adapters, conformance, deployments, images, models  # noqa: E402
 from reference.serving.app import Settings, create_app  # noqa: E402
 from reference.serving.batching import DynamicBatcher  # noqa: E402
-from reference.serving.process import free_port  # noqa: E402
 from suite import checks, loadgen  # noqa: E402
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]

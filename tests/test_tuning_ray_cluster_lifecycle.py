@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("ray")
 pytest.importorskip("optuna")
 
+from reference.ports import free_ports  # noqa: E402
 from reference.tuning import conformance, ray_cluster  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
@@ -40,5 +41,5 @@ def test_scenario_places_trials_on_both_nodes_and_stops_the_cluster() -> None:
 def test_every_port_a_node_is_given_is_its_own() -> None:
     """Ray refuses to start a node whose components share a port; one bind after another
     once gave the metrics exporter the GCS port."""
-    ports = ray_cluster.free_ports(64)
+    ports = free_ports(64)
     assert len(set(ports)) == 64 and all(1024 <= port < 65536 for port in ports)

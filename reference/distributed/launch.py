@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -22,17 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from reference.lifeline import Lifeline, preexec
+from reference.ports import free_port
 
 LOOPBACK = "127.0.0.1"
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A port the OS says is free now. Another process may take it before the launcher
-    binds it, so this is for launchers that must be told a port (the deepspeed launcher,
-    `spawn`); torchrun on one node binds its own (`--standalone`)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

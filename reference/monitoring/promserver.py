@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,15 +23,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from reference.ports import free_port
+
 
 class PrometheusError(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def promtool_check(exposition: bytes, binary: str = "promtool") -> tuple[bool, str]:

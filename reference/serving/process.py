@@ -12,7 +12,6 @@ import atexit
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -36,13 +35,6 @@ def with_threads(env: Mapping[str, str], threads: int) -> dict[str, str]:
 
 class ServerFailed(RuntimeError):
     """The server exited or did not become ready; the message carries its own log."""
-
-
-def free_port() -> int:
-    """A loopback port free right now (the server binds it moments later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def http_ok(url: str, headers: Mapping[str, str] | None = None, timeout_s: float = 1.0) -> bool:

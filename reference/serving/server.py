@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reference.ports import free_port
 from reference.serving.app import Settings, create_app
-from reference.serving.process import ManagedServer, free_port, http_ok, with_threads
+from reference.serving.process import ManagedServer, http_ok, with_threads
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,7 +18,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from reference.serving.process import ManagedServer, ServerFailed, free_port, http_ok, with_threads
+from reference.ports import free_ports
+from reference.serving.process import ManagedServer, ServerFailed, http_ok, with_threads
 
 MODEL_NAME = "digits"
 HANDLER = Path(__file__).with_name("torchserve_handler.py")
@@ -50,7 +51,7 @@ def archive(version_dir: Path, store: Path, threads: int) -> Path:
     return store / f"{MODEL_NAME}.mar"
 
 
-def write_config(workdir: Path, store: Path, ports: tuple[int, int, int, int, int], batch_size: int,
+def write_config(workdir: Path, store: Path, ports: list[int], batch_size: int,
                  max_batch_delay_ms: int, max_request_bytes: int) -> Path:
     """config.properties: the REST APIs and the two gRPC APIs on loopback, each on its own
     port (the gRPC defaults, 7070/7071, would collide between instances)."""
@@ -134,7 +135,7 @@ def start_torchserve(version_dir: Path, workdir: Path, *, batch_size: int = 8, m
     workdir.mkdir(parents=True, exist_ok=True)
     store = workdir / "model-store"
     archive(version_dir, store, threads)
-    ports = (free_port(), free_port(), free_port(), free_port(), free_port())
+    ports = free_ports(5)
     config = write_config(workdir, store, ports, batch_size, max_batch_delay_ms, max_request_bytes)
     env = with_threads({**os.environ, "TEMP": str(workdir), "TMPDIR": str(workdir)}, threads)
     urls = [f"http://127.0.0.1:{p}" for p in ports[:3]]

@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from reference.serving.process import ManagedServer, ServerFailed, free_port, http_ok, with_threads
+from reference.ports import free_ports
+from reference.serving.process import ManagedServer, ServerFailed, http_ok, with_threads
 
 MODEL_NAME, INPUT_NAME, OUTPUT_NAME = "digits", "INPUT", "OUTPUT"
 PACKAGES = ("nvidia-pytriton", "numpy<2")
@@ -185,7 +186,7 @@ def start_triton(version_dir: Path, workdir: Path, *, max_batch_size: int = 16, 
                                   dynamic_batching=dynamic_batching, preferred_batch_sizes=preferred_batch_sizes,
                                   max_queue_delay_us=max_queue_delay_us, threads=threads,
                                   site_packages=torch_site_packages())
-    http, grpc, metrics = free_port(), free_port(), free_port()
+    http, grpc, metrics = free_ports(3)
     command = [str(install.server), f"--model-repository={repository}", f"--backend-directory={install.backends}",
                "--http-address=127.0.0.1", f"--http-port={http}", "--grpc-address=127.0.0.1", f"--grpc-port={grpc}",
                "--metrics-address=127.0.0.1", f"--metrics-port={metrics}", "--allow-gpu-metrics=false",

@@ -18,7 +18,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from reference import lifeline
 from reference.lifeline import preexec
+from reference.ports import free_port
 
 LOOPBACK = "127.0.0.1"
 RUN_AS_WHEN_ROOT = "postgres"
@@ -75,12 +75,6 @@ class PostgresServer:
     @property
     def redacted_url(self) -> str:
         return f"{DRIVER}://{USER}:***@{LOOPBACK}:{self.port}/{self.database}"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def _owner() -> tuple[int, int] | None:
@@ -142,7 +136,7 @@ def postgres_server(database: str = "optuna", settings: dict[str, str] | None = 
         _run([str(bindir / "initdb"), "-D", str(data), "-U", USER, f"--pwfile={pwfile}", "--auth=scram-sha-256",
               "-E", "UTF8", "--no-sync", "--no-instructions"], owner)
         pwfile.unlink()
-        port = _free_port()
+        port = free_port()
         log = root / "server.log"
         options = {"listen_addresses": LOOPBACK, "port": str(port), "unix_socket_directories": str(root),
                    **(settings or {})}

@@ -37,6 +37,7 @@ import ray
 
 from reference import lifeline
 from reference.lifeline import preexec
+from reference.ports import free_ports
 from reference.tuning.ray_tune import _reap, _session_processes
 
 LOOPBACK = "127.0.0.1"
@@ -55,17 +56,6 @@ class LoopbackCluster:
     start_s: float = 0.0  # until every node is alive and the driver is connected
     node_ids: list[str] = field(default_factory=list)  # head first
     reaped: int = 0  # processes still alive after the nodes were stopped
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports. Every socket is held until all are chosen: a
-    port released by one bind can come back from the next, and Ray refuses to start when
-    two of its components get the same one (its metrics port once equalled the GCS port)."""
-    with ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
-        for sock in sockets:
-            sock.bind((LOOPBACK, 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def _ray_start(*args: str, cpus: int, root: Path, ports: list[int]) -> list[str]:

@@ -12,7 +12,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from reference.serving.process import ManagedServer, free_port, http_ok
+from reference.ports import free_port
+from reference.serving.process import ManagedServer, http_ok
 from suite import stats
 from suite.context import RunContext
 from suite.registry import Scenario, scenario
