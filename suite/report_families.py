@@ -294,8 +294,8 @@ def side_by_side(records: list[Record]) -> tuple[Table, list[str]]:
                 number_cell(tail[0], r, MS) if tail else Cell("-"),
                 metric_cell(r.metric(f"{server}_efficiency"), r), metric_cell(r.metric(f"{server}_goodput"), r),
                 metric_cell(r.metric(f"fastapi_over_{server}"), r), checks_cell(r)])
-        ratios = [f"÷ {m.name.removeprefix('fastapi_over_')} {metric_cell(m, r).text}{_marks(metric_cell(m, r))}"
-                  for m in r.metrics if m.name.startswith("fastapi_over_")]
+        ratios = [f"÷ {m.name.removeprefix('fastapi_over_')} {cell.text}{_marks(cell)}"
+                  for m in r.metrics if m.name.startswith("fastapi_over_") for cell in [metric_cell(m, r)]]
         if ratios:
             answers.append(f"Side by side ({r.params.get('model', '?')} model, {machine_label(r.env)}, "
                            f"{r.profile} profile): fastapi {', '.join(ratios)}.")

@@ -21,9 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reference.lifeline import Lifeline, preexec
-from reference.ports import free_port
-
-LOOPBACK = "127.0.0.1"
+from reference.ports import LOOPBACK, free_port
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,8 @@ from pathlib import Path
 
 from reference import lifeline
 from reference.lifeline import preexec
-from reference.ports import free_port
+from reference.ports import LOOPBACK, free_port
 
-LOOPBACK = "127.0.0.1"
 RUN_AS_WHEN_ROOT = "postgres"
 USER = "mlsuite"
 START_TIMEOUT_S = 60.0

@@ -37,10 +37,9 @@ import ray
 
 from reference import lifeline
 from reference.lifeline import preexec
-from reference.ports import free_ports
+from reference.ports import LOOPBACK, free_ports
 from reference.tuning.ray_tune import _reap, _session_processes
 
-LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 120.0
 DRAIN_TIMEOUT_S = 45.0  # Ray drains a node for up to 30 s on SIGTERM
 OBJECT_STORE_BYTES = 100 * 1024 * 1024  # per node: the trials pass no large objects
