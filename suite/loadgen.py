@@ -266,8 +266,9 @@ class _Recorder:
         self.events: list[tuple[float, float, str | None]] = []
         self.arrived = asyncio.Event()
 
-    def success(self, origin: float) -> None:
-        now = self.clock()
+    def success(self, origin: float, finished: float | None = None) -> None:
+        """A completed request sent at `origin`, finished now or at `finished`."""
+        now = self.clock() if finished is None else finished
         self.events.append((now, now - origin, None))
         self.arrived.set()
 

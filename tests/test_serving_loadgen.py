@@ -475,6 +475,38 @@ def test_driven_closed_loop_expires_requests_that_get_no_answer(tiny_server: Tin
     assert time.perf_counter() - start < 0.05 + 3 * 0.5 + 1.0  # windows, then one deadline at most
 
 
+class TickingRecorder(loadgen._Recorder):
+    """A recorder whose clock ticks once per reading, and which notes the last tick at
+    each booking: a booking after its request's next send sees that send's tick."""
+
+    def __init__(self, stop_after: int) -> None:
+        self.ticks = 0
+        super().__init__(self.tick)
+        self.stop_after, self.booked_at = stop_after, []
+
+    def tick(self) -> float:
+        self.ticks += 1
+        return float(self.ticks)
+
+    def success(self, origin: float, finished: float | None = None) -> None:
+        super().success(origin, finished)
+        self.booked_at.append(self.ticks)
+
+
+def test_driven_caller_sends_the_next_request_before_booking_the_last(tiny_server: TinyHttpServer) -> None:
+    """At c1 the generator's turnaround is in every round trip, and a server that sleeps
+    between requests amplifies it (+10 us of turnaround cost 61 us per request against the
+    reference server): the next request goes out first, then the last one is booked."""
+    adapter = HttpJsonAdapter(tiny_server.url("/ok"))
+    recorder = TickingRecorder(stop_after=20)
+    loadgen.run(lambda: adapter.drive([adapter.prepare({"x": 1})], 1, recorder,
+                                      lambda: len(recorder.events) < recorder.stop_after))
+    finished = [end for end, _, kind in recorder.events if kind is None]
+    assert len(finished) >= recorder.stop_after
+    # every booking but the last (no next request once stopped) came after the next send's tick
+    assert all(at == end + 1 for at, end in zip(recorder.booked_at[:-1], finished[:-1]))
+
+
 def test_driven_closed_loop_refuses_more_callers_than_connections(tiny_server: TinyHttpServer) -> None:
     adapter = HttpJsonAdapter(tiny_server.url("/ok"), max_connections=2)
     with pytest.raises(ValueError, match="max_connections"):

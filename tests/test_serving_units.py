@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import pickle
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -285,3 +286,25 @@ def test_model_errors_reach_every_caller_of_the_batch() -> None:
         return outcomes
 
     assert all(isinstance(o, RuntimeError) for o in asyncio.run(scenario()))
+
+
+@pytest.mark.parametrize("max_batch_size", [1, 8])
+def test_the_model_runs_off_the_event_loop_only_where_a_batch_is_collected(max_batch_size: int) -> None:
+    """Batching, the loop keeps collecting while the model runs in the batcher's thread;
+    without, the model runs in the loop's thread, with no handoff to pay for."""
+    threads: set[int] = set()
+
+    def recording(rows: np.ndarray) -> np.ndarray:
+        threads.add(threading.get_ident())
+        return doubling(rows)
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = DynamicBatcher(recording, max_batch_size=max_batch_size, max_queue_delay_s=0.01, max_pending=10)
+        batcher.start()
+        outputs = await asyncio.gather(*(batcher.submit(np.full((1, 4), float(i), np.float32)) for i in range(5)))
+        await batcher.close()
+        return list(outputs)
+
+    outputs = asyncio.run(scenario())
+    assert [float(o[0, 0]) for o in outputs] == [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert (threads == {threading.get_ident()}) == (max_batch_size == 1)
