@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -77,6 +78,25 @@ def at_least(name: str, observed: float, bound: float, reference: str, detail: s
 def at_most(name: str, observed: float, bound: float, reference: str, detail: str = "") -> Check:
     return Check(name=name, passed=bool(observed <= bound), observed=float(observed),
                  tolerance=float(bound), reference=reference, detail=detail)
+
+
+def ratio_within(name: str, value: float, ci_low: float, ci_high: float, n: int, tolerance: float,
+                 reference: str, detail: str = "") -> Check:
+    """A ratio whose 95% CI must lie within 1 +- tolerance. Passed when it does, failed when
+    the whole CI lies outside (a disagreement shown), else inconclusive, with about how many
+    more samples the CI would need to settle it either way (its width shrinks as 1/sqrt(n))."""
+    worst = max(abs(ci_low - 1.0), abs(ci_high - 1.0))
+    shown_apart = ci_low > 1.0 + tolerance or ci_high < 1.0 - tolerance
+    check = Check(name=name, passed=worst <= tolerance, observed=worst, tolerance=tolerance, reference=reference,
+                  detail=detail)
+    if check.passed or shown_apart:
+        return check
+    margin = abs(abs(value - 1.0) - tolerance)  # how far the estimate is from the band's edge
+    half_width = (ci_high - ci_low) / 2
+    more = (f"about {math.ceil(n * (half_width / margin) ** 2) - n} more samples would settle it"
+            if margin > 0 else "the estimate sits on the band's edge")
+    return check.model_copy(update={"inconclusive": True,
+                                    "detail": f"{detail}; the CI straddles +-{tolerance:.0%}: {more}"})
 
 
 def holds(name: str, condition: bool, reference: str, detail: str = "") -> Check:

@@ -281,9 +281,11 @@ def report_gate(result) -> int:  # type: ignore[no-untyped-def]
     if not result.comparisons:
         print("gate: INCONCLUSIVE (nothing was compared: no metric present on both sides)")
         return EXIT_INCONCLUSIVE
-    if result.inconclusive:
-        print(f"gate: INCONCLUSIVE ({len(result.inconclusive)} metric(s): the noise hides the threshold; "
-              f"see the detectable effect and the runs it would take)")
+    for unsettled in result.inconclusive_checks:
+        print(f"inconclusive: {unsettled}")
+    if result.inconclusive or result.inconclusive_checks:
+        print(f"gate: INCONCLUSIVE ({len(result.inconclusive)} metric(s), {len(result.inconclusive_checks)} check(s): "
+              f"the noise hides the threshold; see the detectable effect and what it would take)")
         return EXIT_INCONCLUSIVE
     print("gate: passed")
     return 0

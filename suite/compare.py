@@ -383,6 +383,7 @@ class GateResult:
     comparisons: list[Comparison]
     failures: list[str]
     known_failures: list[str] = field(default_factory=list)  # checks that failed in the baseline too
+    inconclusive_checks: list[str] = field(default_factory=list)  # checks the noise left unsettled
 
     @property
     def passed(self) -> bool:
@@ -423,17 +424,20 @@ def gate(baseline: list[Record], current: list[Record], rules: list[RegressionCh
                 f"{', ' + r.detail if r.detail else ''})" for r in rows if r.regressed]
     base_by_key = {r.key: r for r in baseline}
     known: list[str] = []
+    unsettled: list[str] = []
     for cur in current:
         base = base_by_key.get(cur.key)
         if cur.status is Status.error and base is not None and base.status is Status.error:
             known.append(f"{cur.scenario} {cur.params}: still errors: {cur.reason}")
-        failed_before = {c.name for c in base.checks if not c.passed} if base else set()
+        failed_before = {c.name for c in base.checks if c.failed} if base else set()
         for check in cur.checks:
-            if not check.passed:
+            if check.inconclusive:
+                unsettled.append(f"{cur.scenario} {cur.params}: check {check.name} inconclusive ({check.detail})")
+            elif check.failed:
                 line = f"{cur.scenario} {cur.params}: check {check.name} failed ({check.detail})"
                 (known if check.name in failed_before else failures).append(line)
     failures += lost_scenarios(baseline, current)
-    return GateResult(comparisons=rows, failures=failures, known_failures=known)
+    return GateResult(comparisons=rows, failures=failures, known_failures=known, inconclusive_checks=unsettled)
 
 
 def describe_detectable(row: Comparison) -> str:

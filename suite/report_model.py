@@ -16,6 +16,7 @@ from suite.schema import Environment, Metric, Record, Status
 
 WIDE_CI = 0.10  # a CI wider than +/-10% of its value is marked noisy wherever it appears
 HIGHER, LOWER = "higher is better", "lower is better"
+OUTCOME_TONE = {"pass": "good", "inconclusive": "muted", "FAIL": "bad"}  # the cell of a check's outcome
 
 
 @dataclass(frozen=True)
@@ -155,12 +156,15 @@ def checks_cell(record: Record, link: str = "") -> Cell:
         return Cell("skipped", tone="muted", link=link)
     if record.status is Status.error:
         return Cell("ERROR", tone="bad", link=link)
-    failed = [c.name for c in record.checks if not c.passed]
+    failed = [c.name for c in record.checks if c.failed]
+    unsettled = [c.name for c in record.checks if c.inconclusive]
     total = len(record.checks)
     if not total:
         return Cell("-", link=link)
     if failed:
         return Cell(f"FAIL {len(failed)}/{total}: {', '.join(failed)}", tone="bad", link=link)
+    if unsettled:
+        return Cell(f"inconclusive {len(unsettled)}/{total}: {', '.join(unsettled)}", tone="muted", link=link)
     return Cell(f"pass {total}/{total}", tone="good", link=link)
 
 

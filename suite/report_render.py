@@ -10,6 +10,7 @@ import math
 from suite.report_model import (
     HIGHER,
     LOWER,
+    OUTCOME_TONE,
     Cell,
     Column,
     Section,
@@ -54,7 +55,7 @@ def record_tables(record: Record) -> list[Table]:
     if record.checks:
         checks = Table([Column("check"), Column("outcome"), Column("observed"), Column("tolerance"), Column("detail")],
                        caption="checks")
-        checks.rows = [[Cell(c.name), Cell("pass", tone="good") if c.passed else Cell("FAIL", tone="bad"),
+        checks.rows = [[Cell(c.name), Cell(c.outcome, tone=OUTCOME_TONE[c.outcome]),
                         Cell(fmt(c.observed) if c.observed is not None else "-", c.observed),
                         Cell(fmt(c.tolerance) if c.tolerance is not None else "-", c.tolerance),
                         Cell(c.detail or c.reference or "-")] for c in record.checks]

@@ -11,6 +11,7 @@ from suite.compare import Comparison, Verdict, describe_change, describe_detecta
 from suite.errors import SuiteError
 from suite.report_model import (
     HIGHER,
+    OUTCOME_TONE,
     Bars,
     Cell,
     Column,
@@ -48,16 +49,18 @@ def conformance(records: list[Record], sources: dict[int, Source]) -> Section:
                            record_cell])
         for check in r.checks:
             if not check.passed:
-                failing.append([Cell("FAIL", tone="bad"), *common, Cell(check.name),
+                failing.append([Cell(check.outcome, tone=OUTCOME_TONE[check.outcome]), *common, Cell(check.name),
                                 Cell(fmt(check.observed) if check.observed is not None else "-", check.observed),
                                 Cell(fmt(check.tolerance) if check.tolerance is not None else "-", check.tolerance),
                                 Cell(check.detail or check.reference or "-"), record_cell])
-    table.rows = failing + broken
+    table.rows = sorted(failing, key=lambda row: row[0].text != "FAIL") + broken
     section.tables.append(table)
     passed = sum(c.passed for r in records for c in r.checks)
+    unsettled = sum(c.inconclusive for r in records for c in r.checks)
     total = sum(len(r.checks) for r in records)
-    section.answers.append(f"{len(failing)} failed check(s) and {len(broken)} broken scenario(s) in the newest "
-                           f"records; {passed} of {total} checks pass.")
+    section.answers.append(f"{len(failing) - unsettled} failed check(s), {unsettled} inconclusive (the noise left "
+                           f"them unsettled) and {len(broken)} broken scenario(s) in the newest records; "
+                           f"{passed} of {total} checks pass.")
     families: dict[str, list[int]] = {}
     for r in records:
         counts = families.setdefault(family_of(r.scenario), [0, 0])

@@ -15,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from suite.errors import SuiteError
 
@@ -82,10 +82,28 @@ class Metric(Strict):
 class Check(Strict):
     name: str
     passed: bool
+    # Neither shown to hold nor shown to fail: the noise left the bound inside the CI; the
+    # detail says how much more measurement would settle it. Never passed.
+    inconclusive: bool = False
     observed: float | None = None
     tolerance: float | None = None
     reference: str = ""
     detail: str = ""
+
+    @model_validator(mode="after")
+    def _inconclusive_is_not_passed(self) -> Check:
+        if self.passed and self.inconclusive:
+            raise ValueError(f"check {self.name} cannot be both passed and inconclusive")
+        return self
+
+    @property
+    def failed(self) -> bool:
+        """Shown not to hold."""
+        return not self.passed and not self.inconclusive
+
+    @property
+    def outcome(self) -> str:
+        return "pass" if self.passed else "inconclusive" if self.inconclusive else "FAIL"
 
 
 class Git(Strict):

@@ -144,9 +144,11 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     else:
         overhead = timer_overhead_check(metrics)
         found = found + ([overhead] if overhead else [])
-        failed = [c.name for c in found if not c.passed]
-        result.update(status=(Status.failed if failed else Status.ok).value,
-                      reason=f"checks failed: {', '.join(failed)}" if failed else "")
+        failed = [c.name for c in found if c.failed]
+        unsettled = [c.name for c in found if c.inconclusive]
+        reasons = [f"checks failed: {', '.join(failed)}"] * bool(failed) + \
+            [f"checks inconclusive: {', '.join(unsettled)}"] * bool(unsettled)
+        result.update(status=(Status.failed if failed else Status.ok).value, reason="; ".join(reasons))
     result["threads"] = thread_settings(import_torch=False)
     result["metrics"] = [m.model_dump() for m in metrics]
     result["checks"] = [c.model_dump() for c in found]

@@ -610,10 +610,15 @@ def test_external_tool_agreement_catches_a_slow_generator(tiny_server: TinyHttpS
 def test_agreement_check_reads_the_whole_ci() -> None:
     def ratio(low: float, value: float, high: float) -> Any:
         return stats.ratio_of_medians("ours_throughput_over_wrk", [1.0], [1.0]).model_copy(
-            update={"value": value, "ci_low": low, "ci_high": high})
+            update={"value": value, "ci_low": low, "ci_high": high, "n": 30})
 
     assert conformance.agrees_with_external(ratio(0.95, 1.0, 1.04), "wrk", 16).passed
-    assert not conformance.agrees_with_external(ratio(0.85, 0.97, 1.04), "wrk", 16).passed  # CI reaches 15% off
+    unsettled = conformance.agrees_with_external(ratio(0.85, 0.97, 1.04), "wrk", 16)  # CI reaches 15% off
+    assert unsettled.inconclusive and not unsettled.passed and not unsettled.failed
+    # 30 rounds, half-width 0.095, 0.07 from the band's edge: ~(0.095 / 0.07)^2 x 30 rounds in all
+    assert "about 26 more samples would settle it" in unsettled.detail
+    assert conformance.agrees_with_external(ratio(0.70, 0.80, 0.88), "wrk", 16).failed  # a disagreement shown
+    assert conformance.agrees_with_external(ratio(1.12, 1.2, 1.3), "wrk", 16).failed
     named = conformance.agrees_with_external(ratio(0.95, 1.0, 1.04), "wrk", 16).name
     assert named == "loadgen.throughput_agrees_with_wrk"
 

@@ -166,6 +166,17 @@ def test_failed_conformance_check_fails_the_gate_unless_it_failed_before() -> No
     assert known.passed and "x.equal" in known.known_failures[0]
 
 
+def test_an_inconclusive_check_makes_the_gate_inconclusive_not_failed() -> None:
+    from suite import cli
+
+    unsettled = Check(name="x.agrees", passed=False, inconclusive=True, detail="the CI straddles +-10%")
+    result = gate([record(runs_of(0.01, 1))], [record(runs_of(0.01, 2), checks=[unsettled])])
+    assert result.passed and "x.agrees inconclusive" in result.inconclusive_checks[0]
+    assert cli.report_gate(result) == cli.EXIT_INCONCLUSIVE
+    with pytest.raises(ValueError, match="both passed and inconclusive"):
+        Check(name="x.agrees", passed=True, inconclusive=True)
+
+
 def test_cross_machine_comparison_is_refused_unless_asked() -> None:
     base, cur = [record(runs_of(0.01, 1), machine="a")], [record(runs_of(0.01, 2), machine="b")]
     with pytest.raises(SuiteError, match="different machines"):

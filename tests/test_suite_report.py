@@ -20,8 +20,9 @@ from suite.errors import SuiteError
 from suite.report import build, load_with_sources, ordinary_files, write_report
 from suite.report_families import FAMILY_IDS
 from suite.report_history import change_points
-from suite.report_model import Section, noise_flags
-from suite.schema import load_records
+from suite.report_model import Section, checks_cell, noise_flags
+from suite.schema import Check, load_records
+from tests.factories import record, runs_of
 
 DATA = Path(__file__).parent / "data"
 EXAMPLES = sorted((DATA / "report").glob("*.jsonl"))
@@ -260,3 +261,16 @@ def test_counts_sit_beside_the_timed_step_and_never_replace_it(tmp_path: Path) -
                                                                       "runs": 8}}}))
     (row,) = rows_of({s.id: s for s in build(records, sources, folder)}["counts"])
     assert row[6].value == pytest.approx(0.02) and row[6].text == "0.0200% (8 runs)"
+
+
+def test_an_inconclusive_check_is_reported_as_such_not_as_a_failure(tmp_path: Path) -> None:
+    unsettled = Check(name="loadgen.throughput_agrees_with_wrk", passed=False, inconclusive=True,
+                      detail="the CI straddles +-10%: about 26 more samples would settle it")
+    shown = record(runs_of(0.01, 1), scenario="serving.loadgen", checks=[unsettled])
+    (tmp_path / "run.jsonl").write_text(shown.model_dump_json() + "\n")
+    records, sources = load_with_sources(tmp_path)
+    conformance = next(s for s in build(records, sources, tmp_path) if s.id == "conformance")
+    (row,) = rows_of(conformance)
+    assert row[0].text == "inconclusive" and "26 more samples" in row[7].text
+    assert any("0 failed check(s), 1 inconclusive" in answer for answer in conformance.answers)
+    assert checks_cell(shown).text == "inconclusive 1/1: loadgen.throughput_agrees_with_wrk"

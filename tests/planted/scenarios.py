@@ -53,7 +53,8 @@ class CheckFails(Scenario):
         return [stats.scalar("size", "bytes", False, 10)]
 
     def check(self, ctx: RunContext) -> list[Check]:
-        return [checks.at_most("planted.too_big", 10, 5, "a bound of 5")]
+        return [checks.at_most("planted.too_big", 10, 5, "a bound of 5"),
+                checks.ratio_within("planted.unsettled", 1.05, 0.95, 1.15, 10, 0.1, "a band of +-10%")]
 
 
 @scenario("planted.needs_binary", grid={"n": [1]}, profiles=QUICK, requires=(Binary("no-such-binary-mlsuite"),))
