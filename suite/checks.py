@@ -84,17 +84,20 @@ def ratio_within(name: str, value: float, ci_low: float, ci_high: float, n: int,
                  reference: str, detail: str = "") -> Check:
     """A ratio whose 95% CI must lie within 1 +- tolerance. Passed when it does, failed when
     the whole CI lies outside (a disagreement shown), else inconclusive, with about how many
-    more samples the CI would need to settle it either way (its width shrinks as 1/sqrt(n))."""
+    more samples would pull the CI off the band's edge it crosses (its arms shrink as
+    1/sqrt(n) around the estimate)."""
     worst = max(abs(ci_low - 1.0), abs(ci_high - 1.0))
     shown_apart = ci_low > 1.0 + tolerance or ci_high < 1.0 - tolerance
     check = Check(name=name, passed=worst <= tolerance, observed=worst, tolerance=tolerance, reference=reference,
                   detail=detail)
     if check.passed or shown_apart:
         return check
-    margin = abs(abs(value - 1.0) - tolerance)  # how far the estimate is from the band's edge
-    half_width = (ci_high - ci_low) / 2
-    more = (f"about {math.ceil(n * (half_width / margin) ** 2) - n} more samples would settle it"
-            if margin > 0 else "the estimate sits on the band's edge")
+    # each CI bound that lies across a band edge from the estimate: its arm / the estimate's distance to that edge
+    edges = (1.0 - tolerance, 1.0 + tolerance)
+    spans = [(bound - value) / (edge - value) for bound in (ci_low, ci_high) for edge in edges
+             if edge != value and (bound - edge) * (value - edge) < 0]
+    more = (f"about {max(1, math.ceil(n * max(spans) ** 2) - n)} more samples would settle it" if spans
+            else "the estimate sits on the band's edge")
     return check.model_copy(update={"inconclusive": True,
                                     "detail": f"{detail}; the CI straddles +-{tolerance:.0%}: {more}"})
 

@@ -615,8 +615,10 @@ def test_agreement_check_reads_the_whole_ci() -> None:
     assert conformance.agrees_with_external(ratio(0.95, 1.0, 1.04), "wrk", 16).passed
     unsettled = conformance.agrees_with_external(ratio(0.85, 0.97, 1.04), "wrk", 16)  # CI reaches 15% off
     assert unsettled.inconclusive and not unsettled.passed and not unsettled.failed
-    # 30 rounds, half-width 0.095, 0.07 from the band's edge: ~(0.095 / 0.07)^2 x 30 rounds in all
-    assert "about 26 more samples would settle it" in unsettled.detail
+    # 30 rounds; the low arm (0.12) is 1.71 x the estimate's distance to 0.9: ~1.71^2 x 30 rounds in all
+    assert "about 59 more samples would settle it" in unsettled.detail
+    leaning_out = conformance.agrees_with_external(ratio(0.818, 0.893, 0.951), "wrk", 16)  # outside, CI reaches in
+    assert leaning_out.inconclusive and "about 2030 more samples" in leaning_out.detail
     assert conformance.agrees_with_external(ratio(0.70, 0.80, 0.88), "wrk", 16).failed  # a disagreement shown
     assert conformance.agrees_with_external(ratio(1.12, 1.2, 1.3), "wrk", 16).failed
     named = conformance.agrees_with_external(ratio(0.95, 1.0, 1.04), "wrk", 16).name
