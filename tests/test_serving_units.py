@@ -273,12 +273,13 @@ def test_full_queue_sheds_and_close_drains() -> None:
     assert pending == 0
 
 
-def test_model_errors_reach_every_caller_of_the_batch() -> None:
+@pytest.mark.parametrize("max_batch_size", [1, 8])  # in the loop's thread, and in the batcher's
+def test_model_errors_reach_every_caller_of_the_batch(max_batch_size: int) -> None:
     def broken(rows: np.ndarray) -> np.ndarray:
         raise RuntimeError("model crashed")
 
     async def scenario() -> list[object]:
-        batcher = DynamicBatcher(broken, max_batch_size=8, max_queue_delay_s=0.01, max_pending=10)
+        batcher = DynamicBatcher(broken, max_batch_size=max_batch_size, max_queue_delay_s=0.01, max_pending=10)
         batcher.start()
         outcomes = await asyncio.gather(*(batcher.submit(np.ones((1, 4), np.float32)) for _ in range(3)),
                                         return_exceptions=True)

@@ -56,7 +56,7 @@ class Settings:
     model_root: Path
     default_version: str = "1"
     cache_size: int = 2
-    max_batch_size: int = 16  # 1 turns dynamic batching off
+    max_batch_size: int = 16  # 1 turns dynamic batching off (the model then runs in the event loop's thread)
     max_queue_delay_ms: float = 2.0
     max_pending: int = 512
     max_body_bytes: int = 1 << 20
