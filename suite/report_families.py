@@ -302,6 +302,35 @@ def side_by_side(records: list[Record]) -> tuple[Table, list[str]]:
     return table, answers
 
 
+def loadgen_agreement(records: list[Record]) -> tuple[Table, list[str]]:
+    """The load generator against wrk and hey on the same endpoint, the newest record per
+    tool and concurrency: can its numbers be trusted, and where do the tools part?"""
+    table = Table([Column("tool"), Column("concurrency"), Column("machine"),
+                   Column("ours ÷ tool, throughput", "ratio", HIGHER), Column("ours ÷ tool, p50", "ratio", LOWER),
+                   Column("generator capacity", "req/s", HIGHER), Column("conformance")],
+                  caption="The load generator against wrk and hey: interleaved 1 s rounds on the same endpoint; a "
+                          "ratio's CI must lie within 1 ± 10% to agree (a CI across that edge is inconclusive).")
+    newest: dict[tuple[str, int], Record] = {}
+    for r in of_family(records, "serving"):
+        if r.scenario != "serving.loadgen":
+            continue
+        key = (str(r.params["tool"]), int(r.params["concurrency"]))
+        if key not in newest or r.time_utc > newest[key].time_utc:
+            newest[key] = r
+    answers = []
+    for tool, concurrency in sorted(newest):
+        r = newest[tool, concurrency]
+        throughput = metric_cell(r.metric(f"ours_throughput_over_{tool}"), r)
+        table.rows.append([Cell(tool, link=anchor(r)), Cell(f"c{concurrency}", float(concurrency)),
+                           Cell(machine_label(r.env)), throughput, metric_cell(r.metric(f"ours_p50_over_{tool}"), r),
+                           metric_cell(r.metric("loadgen_capacity"), r), checks_cell(r)])
+    for tool in sorted({tool for tool, _ in newest}):
+        points = [f"c{c} {table_cell.text}" for (t, c), r in sorted(newest.items()) if t == tool
+                  for table_cell in [metric_cell(r.metric(f"ours_throughput_over_{tool}"), r)]]
+        answers.append(f"Load generator ÷ {tool}, throughput: {', '.join(points)}.")
+    return table, answers
+
+
 def serving(records: list[Record]) -> Section:
     section = Section("serving", "Serving: throughput under a latency SLO",
                       "(b) Which server, with which batching setting, gives the most throughput under a p99 SLO?")
@@ -344,10 +373,10 @@ def serving(records: list[Record]) -> Section:
         section.answers.append(f"Most throughput with p99 within the SLO: {best[2]}: {fmt(best[0])} req/s "
                                f"(at load point {best[1]}){_marks(best[3])}.")
     section.tables.append(table)
-    compared, answers = side_by_side(records)
-    if compared.rows:
-        section.answers += answers
-        section.tables.append(compared)
+    for extra, answers in (side_by_side(records), loadgen_agreement(records)):
+        if extra.rows:
+            section.answers += answers
+            section.tables.append(extra)
     if series:
         slo_line = ("y", min(s for s in slos if s is not None) * MS, "p99 SLO") if any(slos) else None
         section.plot = Plot("plot-serving", "Latency–throughput curves, closed loop at concurrency 1 … N",

@@ -274,3 +274,19 @@ def test_an_inconclusive_check_is_reported_as_such_not_as_a_failure(tmp_path: Pa
     assert row[0].text == "inconclusive" and "26 more samples" in row[7].text
     assert any("0 failed check(s), 1 inconclusive" in answer for answer in conformance.answers)
     assert checks_cell(shown).text == "inconclusive 1/1: loadgen.throughput_agrees_with_wrk"
+
+
+def test_load_generator_agreement_shows_the_newest_record_per_tool_and_concurrency(tmp_path: Path) -> None:
+    """Two serving.loadgen records of wrk at c1, from two commits: the newer one's ratios
+    and verdicts are in the serving section, with an answer line per tool."""
+    shutil.copy(DATA / "loadgen-wrk-c1.jsonl", tmp_path)
+    records, sources = load_with_sources(tmp_path)
+    serving = next(s for s in build(records, sources, tmp_path) if s.id == "serving")
+    older, newer = sorted(raw_records_of(DATA / "loadgen-wrk-c1.jsonl"), key=lambda r: r["time_utc"])
+    (row,) = rows_of(serving, next(i for i, t in enumerate(serving.tables) if "wrk and hey" in t.caption))
+    ratio = raw_metric(newer, "ours_throughput_over_wrk")
+    assert row[0].text == "wrk" and row[1].text == "c1" and row[3].value == ratio["value"]
+    assert ratio["value"] != raw_metric(older, "ours_throughput_over_wrk")["value"]
+    assert row[6].text.startswith("pass")
+    assert any(answer.startswith("Load generator ÷ wrk, throughput: c1 ") and f"{ratio['value']:.4g}" in answer
+               for answer in serving.answers)
