@@ -28,7 +28,7 @@ pytest.importorskip("sklearn")
 import httpx  # noqa: E402
 
 from reference.ports import free_port  # noqa: E402
-from reference.serving import adapters, conformance, deployments, images, models  # noqa: E402
+from reference.serving import adapters, conformance, deployments, images, models, server  # noqa: E402
 from reference.serving.app import Settings, create_app  # noqa: E402
 from reference.serving.batching import DynamicBatcher  # noqa: E402
 from suite import checks, loadgen  # noqa: E402
@@ -302,6 +302,62 @@ def test_graceful_drain_finishes_in_flight_requests(model_root: Path, tmp_path: 
     finally:
         deployment.stop()
     assert not deployment.process.running
+
+
+def worker_processes(parent: int) -> list[int]:
+    """The spawned workers among the children of `parent` (not multiprocessing's resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"spawn_main" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_several_workers_serve_one_port_and_one_scrape_counts_them_all(model_root: Path, tmp_path: Path) -> None:
+    """--workers 2: two processes, each with its own warm model and batcher, share the port;
+    a scrape, whichever worker answers it, adds up both (each warmed up: twice one's warm-up
+    calls) and counts every request; a stop leaves no worker and no metrics files behind."""
+    endpoint = server.start(model_root, tmp_path, max_batch_size=8, workers=2)
+    parent = endpoint.server.process
+    assert parent is not None
+    try:
+        workers = worker_processes(parent.pid)
+        assert len(workers) == 2
+        shared = Path(dict(line.split("=", 1) for line in Path(f"/proc/{workers[0]}/environ").read_text()
+                           .split("\0") if "=" in line)["PROMETHEUS_MULTIPROC_DIR"])
+        scrape = lambda: httpx.get(endpoint.metrics_url, timeout=10).text  # noqa: E731
+        one_worker_warmup = 3 * len({1, 8})  # warmup_calls at batch sizes 1 and 8
+        assert deployments.counter_total(scrape(), "mlsuite_warmup_calls_total") == 2 * one_worker_warmup
+        counted = lambda: deployments.counter_total(scrape(), "mlsuite_http_requests_total",  # noqa: E731
+                                                    endpoint="/predict")
+        check = conformance.metrics_match_client(lambda: adapters.rows_json(f"{endpoint.base_url}/predict"),
+                                                 ROWS, counted, requests=120)
+        assert check.passed, check.detail
+        assert shared.is_dir()
+    finally:
+        code = endpoint.server.stop()
+    assert code == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    assert not shared.exists()
+
+
+def test_a_worker_that_dies_stops_the_server(model_root: Path, tmp_path: Path) -> None:
+    """A crashed worker is not left half-served: the parent stops the other and exits 1."""
+    endpoint = server.start(model_root, tmp_path, max_batch_size=8, workers=2)
+    parent = endpoint.server.process
+    assert parent is not None
+    try:
+        first, second = worker_processes(parent.pid)
+        os.kill(first, signal.SIGKILL)
+        assert parent.wait(timeout=30) == 1
+        assert not Path(f"/proc/{second}").exists()  # stopped and reaped by the parent
+    finally:
+        endpoint.server.stop()
 
 
 # --------------------------------------------------------------------------- planted bugs

@@ -21,7 +21,7 @@ from hypothesis import settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test  # noqa: E402
 
-from reference.serving import images, models  # noqa: E402
+from reference.serving import deployments, images, models  # noqa: E402
 from reference.serving.batching import Draining, DynamicBatcher, QueueFull  # noqa: E402
 from reference.serving.cache import LRUCache  # noqa: E402
 from suite import checks  # noqa: E402
@@ -309,3 +309,10 @@ def test_the_model_runs_off_the_event_loop_only_where_a_batch_is_collected(max_b
     outputs = asyncio.run(scenario())
     assert [float(o[0, 0]) for o in outputs] == [0.0, 2.0, 4.0, 6.0, 8.0]
     assert (threads == {threading.get_ident()}) == (max_batch_size == 1)
+
+
+def test_only_the_reference_server_takes_several_workers(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="reference server's option"):
+        deployments.start("torchserve", tmp_path / "1", tmp_path, deployments.ServeOptions(workers=2))
+    with pytest.raises(ValueError, match="unknown server"):
+        deployments.start("nginx", tmp_path / "1", tmp_path)

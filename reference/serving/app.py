@@ -23,6 +23,7 @@ its own with a pixel limit, never on the event loop.
 # No `from __future__ import annotations`: FastAPI must see the request models built inside
 # create_app (their row width comes from the settings) as real annotations.
 import asyncio
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -100,11 +101,14 @@ def request_types(features: int) -> tuple[type[msgspec.Struct], type[msgspec.Str
 
 class ServingMetrics:
     """Prometheus instruments on a registry of this app's own (several apps may share a
-    process in tests)."""
+    process in tests). Under several worker processes (`server --workers`, which sets
+    PROMETHEUS_MULTIPROC_DIR) each worker writes its values to files there, and a scrape,
+    whichever worker answers it, adds up every worker's."""
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+        self.shared_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self.registry = CollectorRegistry()
         self.requests = Counter("mlsuite_http_requests", "HTTP requests by endpoint and status",
                                 ["endpoint", "status"], registry=self.registry)
@@ -122,7 +126,22 @@ class ServingMetrics:
                                  registry=self.registry)
         self.warmup_calls = Counter("mlsuite_warmup_calls", "Model calls made by warm-up", registry=self.registry)
         self.pending = Gauge("mlsuite_pending_requests", "Requests admitted and not yet answered",
-                             registry=self.registry)
+                             registry=self.registry, multiprocess_mode="livesum")
+
+    def follow_pending(self, count: Callable[[], int]) -> None:
+        """One process: the pending gauge reads `count` at each scrape. Several: a scrape
+        cannot call into the other workers, so `infer` moves the gauge as requests come and go."""
+        if self.shared_dir is None:
+            self.pending.set_function(count)
+
+    def exposition(self) -> bytes:
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        every_worker = CollectorRegistry()
+        multiprocess.MultiProcessCollector(every_worker, path=self.shared_dir)
+        return generate_latest(every_worker)
 
     def on_batch(self, rows: int) -> None:
         self.batches.inc()
@@ -386,9 +405,10 @@ def _documented(app: FastAPI, features: int) -> dict[str, Any]:
 
 
 def create_app(settings: Settings, load: Loader = models.load_version,
-               make_batcher: BatcherFactory = DynamicBatcher) -> Any:
+               make_batcher: BatcherFactory = DynamicBatcher, warmed: Callable[[], object] | None = None) -> Any:
     """The server for one model root (an ASGI app); `load` and `make_batcher` are the
-    parts under test."""
+    parts under test. `warmed` runs (in a thread) once the model is warm, before the server
+    accepts: the workers of `server --workers` wait there for each other."""
     metrics = ServingMetrics()
 
     def evict(_: str, served: ServedModel) -> None:
@@ -399,7 +419,7 @@ def create_app(settings: Settings, load: Loader = models.load_version,
 
     cache = LRUCache(settings.cache_size, _version_loader(settings, metrics, load, make_batcher), on_evict=evict)
     state = ServingState(settings, metrics, cache)
-    metrics.pending.set_function(lambda: sum(b.pending for b in state.batchers()))
+    metrics.follow_pending(lambda: sum(b.pending for b in state.batchers()))
     image_pool = ThreadPoolExecutor(max_workers=IMAGE_THREADS, thread_name_prefix="png")
 
     @asynccontextmanager
@@ -408,6 +428,8 @@ def create_app(settings: Settings, load: Loader = models.load_version,
         if settings.warmup:
             await asyncio.to_thread(_warm_up, served, settings, metrics)
             state.warmed_up = True
+        if warmed is not None:
+            await asyncio.to_thread(warmed)
         state.ready = True
         yield
         state.ready, state.draining = False, True
@@ -431,6 +453,9 @@ def create_app(settings: Settings, load: Loader = models.load_version,
         served = served_model(version)
         if rows.shape[1] != served.predictor.in_features:
             raise ApiError(422, f"expected {served.predictor.in_features} features per row, got {rows.shape[1]}")
+        shared = metrics.shared_dir is not None
+        if shared:
+            metrics.pending.inc()
         try:
             outputs = await served.batcher.submit(rows)
         except QueueFull as exc:
@@ -438,6 +463,9 @@ def create_app(settings: Settings, load: Loader = models.load_version,
             raise ApiError(503, f"overloaded: {exc}; retry later", {"Retry-After": "1"}) from None
         except Draining as exc:
             raise ApiError(503, str(exc), {"Retry-After": "1"}) from None
+        finally:
+            if shared:
+                metrics.pending.dec()
         if not np.isfinite(outputs).all():  # JSON has no inf/NaN: inputs far outside the model's range
             raise ApiError(422, "the model's outputs for these inputs are not finite numbers")
         return outputs, served.version
@@ -469,9 +497,9 @@ def create_app(settings: Settings, load: Loader = models.load_version,
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST
 
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -35,6 +35,7 @@ class ServeOptions:
     threads: int = 1  # model intra-op threads
     protocol: str = "json"  # how the load generator talks to it (a key of the server's PROTOCOLS)
     cpus: frozenset[int] | None = None  # the server's processes run on these CPUs (None: anywhere)
+    workers: int = 1  # the reference server's processes on its port (TorchServe and Triton: one model instance)
 
     @property
     def batch_size(self) -> int:
@@ -133,7 +134,7 @@ def start_fastapi(version_dir: Path, workdir: Path, options: ServeOptions = Serv
     endpoint = server.start(version_dir.parent, workdir, version=version_dir.name,
                             max_batch_size=options.batch_size,
                             max_queue_delay_ms=options.max_queue_delay_ms if options.batching else 0.0,
-                            threads=options.threads, warmup=warmup, cpus=_pin(options))
+                            threads=options.threads, workers=options.workers, warmup=warmup, cpus=_pin(options))
     base, features = endpoint.base_url, _features(version_dir)
     predict, batch, image = f"{base}/predict", f"{base}/predict-batch", f"{base}/predict-image"
     row = [0.5] * features
@@ -160,7 +161,7 @@ def start_fastapi(version_dir: Path, workdir: Path, options: ServeOptions = Serv
         predict=lambda: speak(predict), batch=lambda: speak(batch), bad_cases=cases,
         provenance={"server": "uvicorn+FastAPI (reference)", "max_batch_size": options.batch_size,
                     "max_queue_delay_ms": options.max_queue_delay_ms if options.batching else 0.0,
-                    "warmup": warmup, "protocol": options.protocol})
+                    "warmup": warmup, "protocol": options.protocol, "workers": options.workers})
 
 
 def start_torchserve(version_dir: Path, workdir: Path, options: ServeOptions = ServeOptions()) -> Deployment:
@@ -243,6 +244,9 @@ STARTERS: dict[str, Starter] = {"fastapi": start_fastapi, "torchserve": start_to
 def start(server: str, version_dir: Path, workdir: Path, options: ServeOptions = ServeOptions()) -> Deployment:
     if server not in STARTERS:
         raise ValueError(f"unknown server {server!r}; choose from {', '.join(STARTERS)}")
+    if server != "fastapi" and options.workers != 1:
+        raise ValueError(f"workers={options.workers} is the reference server's option; {server} runs one model "
+                         f"instance here")
     return STARTERS[server](version_dir, workdir, options)
 
 
