@@ -146,8 +146,11 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         found = found + ([overhead] if overhead else [])
         failed = [c.name for c in found if c.failed]
         unsettled = [c.name for c in found if c.inconclusive]
-        reasons = [f"checks failed: {', '.join(failed)}"] * bool(failed) + \
-            [f"checks inconclusive: {', '.join(unsettled)}"] * bool(unsettled)
+        reasons = []
+        if failed:
+            reasons.append(f"checks failed: {', '.join(failed)}")
+        if unsettled:
+            reasons.append(f"checks inconclusive: {', '.join(unsettled)}")
         result.update(status=(Status.failed if failed else Status.ok).value, reason="; ".join(reasons))
     result["threads"] = thread_settings(import_torch=False)
     result["metrics"] = [m.model_dump() for m in metrics]

@@ -115,10 +115,12 @@ def run_workers(args: argparse.Namespace) -> int:
         while not signalled and all(worker.is_alive() for worker in workers):
             wait([worker.sentinel for worker in workers], timeout=0.2)
     finally:
-        for worker in workers:
+        all_warm.abort()  # a worker still warming up stops waiting for one that died
+        started = [worker for worker in workers if worker.pid is not None]
+        for worker in started:
             if worker.is_alive():
                 os.kill(worker.pid, signal.SIGTERM)  # type: ignore[arg-type]
-        for worker in workers:
+        for worker in started:
             worker.join(args.drain_timeout_s + 5)
             if worker.is_alive():
                 worker.kill()
