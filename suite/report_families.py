@@ -312,9 +312,10 @@ def loadgen_agreement(records: list[Record]) -> tuple[Table, list[str]]:
                           "ratio's CI must lie within 1 ± 10% to agree (a CI across that edge is inconclusive).")
     newest: dict[tuple[str, int], Record] = {}
     for r in of_family(records, "serving"):
-        if r.scenario != "serving.loadgen":
-            continue
-        key = (str(r.params["tool"]), int(r.params["concurrency"]))
+        tool, concurrency = r.params.get("tool"), r.params.get("concurrency")
+        if r.scenario != "serving.loadgen" or not isinstance(tool, str) or not isinstance(concurrency, int):
+            continue  # another scenario, or a record that does not say which tool at what concurrency
+        key = (tool, concurrency)
         if key not in newest or r.time_utc > newest[key].time_utc:
             newest[key] = r
     answers = []
