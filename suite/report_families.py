@@ -318,18 +318,15 @@ def loadgen_agreement(records: list[Record]) -> tuple[Table, list[str]]:
         key = (tool, concurrency)
         if key not in newest or r.time_utc > newest[key].time_utc:
             newest[key] = r
-    answers = []
+    points: dict[str, list[str]] = {}
     for tool, concurrency in sorted(newest):
         r = newest[tool, concurrency]
         throughput = metric_cell(r.metric(f"ours_throughput_over_{tool}"), r)
         table.rows.append([Cell(tool, link=anchor(r)), Cell(f"c{concurrency}", float(concurrency)),
                            Cell(machine_label(r.env)), throughput, metric_cell(r.metric(f"ours_p50_over_{tool}"), r),
                            metric_cell(r.metric("loadgen_capacity"), r), checks_cell(r)])
-    for tool in sorted({tool for tool, _ in newest}):
-        points = [f"c{c} {table_cell.text}" for (t, c), r in sorted(newest.items()) if t == tool
-                  for table_cell in [metric_cell(r.metric(f"ours_throughput_over_{tool}"), r)]]
-        answers.append(f"Load generator ÷ {tool}, throughput: {', '.join(points)}.")
-    return table, answers
+        points.setdefault(tool, []).append(f"c{concurrency} {throughput.text}")
+    return table, [f"Load generator ÷ {tool}, throughput: {', '.join(cells)}." for tool, cells in points.items()]
 
 
 def serving(records: list[Record]) -> Section:
