@@ -82,7 +82,7 @@ def at_most(name: str, observed: float, bound: float, reference: str, detail: st
 
 def ratio_within(name: str, value: float, ci_low: float, ci_high: float, n: int, tolerance: float,
                  reference: str, detail: str = "") -> Check:
-    """A ratio whose 95% CI must lie within 1 +- tolerance. Passed when it does, failed when
+    """A ratio whose CI must lie within 1 +- tolerance. Passed when it does, failed when
     the whole CI lies outside (a disagreement shown), else inconclusive, with about how many
     more samples would pull the CI off the band's edge it crosses (its arms shrink as
     1/sqrt(n) around the estimate)."""

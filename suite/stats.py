@@ -144,7 +144,7 @@ def ratio_of_medians(name: str, numerator: Sequence[float], denominator: Sequenc
 
 
 def paired_ratio(name: str, numerator: Sequence[float], denominator: Sequence[float],
-                 higher_is_better: bool = True) -> Metric:
+                 higher_is_better: bool = True, confidence: float = 0.95) -> Metric:
     """The median of per-round ratios of two contenders sampled in turn (ABAB, as
     suite.timing interleaves self-timed ones), CI by bootstrap of the rounds. Round i of
     each saw the same stretch of the host and the server, so drift that moves both cancels
@@ -155,7 +155,7 @@ def paired_ratio(name: str, numerator: Sequence[float], denominator: Sequence[fl
     if rounds == 0:
         raise ValueError(f"metric {name} has no paired rounds")
     ratios = np.asarray(numerator[:rounds], dtype=float) / np.asarray(denominator[:rounds], dtype=float)
-    low, high = bootstrap_ci(ratios, _median)
+    low, high = bootstrap_ci(ratios, _median, confidence)
     value = float(np.median(ratios))
     return Metric(name=name, unit="ratio", higher_is_better=higher_is_better, samples=[], n=rounds, value=value,
                   median=value, ci_low=low, ci_high=high, run_values=[value])

@@ -178,9 +178,13 @@ def _next_chunk(have: int, budget: Budget, chunk: int) -> int:
     return min(chunk, limit - have)
 
 
+# Looks at the samples so far ({contender: seconds}): true when they settle the question asked.
+Settled = Callable[[Mapping[str, list[float]]], bool]
+
+
 def time_interleaved(contenders: Mapping[str, Callable[[], Any] | SampleSource], budget: Budget,
-                     device: str = "cpu", *, self_timed: bool = False, first_call: bool = False
-                     ) -> dict[str, Timed]:
+                     device: str = "cpu", *, self_timed: bool = False, first_call: bool = False,
+                     until: Settled | None = None) -> dict[str, Timed]:
     """Time several contenders side by side: each warmed up by count and time, then
     sampled a few at a time in turn until every one has enough under the budget's rules.
     Ratios between contenders (a speedup, an overhead) are then measured in the same
@@ -188,7 +192,10 @@ def time_interleaved(contenders: Mapping[str, Callable[[], Any] | SampleSource],
 
     `contenders` are zero-argument callables timed on the harness's clock, or, with
     `self_timed`, SampleSources that time themselves (`run(n) -> n seconds`).
-    `first_call` keeps each contender's first call apart as its cold time."""
+    `first_call` keeps each contender's first call apart as its cold time.
+    `until` makes it sequential: it is asked each time every contender has another
+    min_samples (a look), and sampling stops at the first look it calls settled. A caller
+    that stops on a CI must widen it for the number of looks it may take."""
     on_cuda = device.startswith("cuda")
     sync: Callable[[], None] = _noop
     if on_cuda:
@@ -221,7 +228,7 @@ def time_interleaved(contenders: Mapping[str, Callable[[], Any] | SampleSource],
             source = _Clocked(fn, device, calls[name])
         sources[name] = source
     samples: dict[str, list[float]] = {name: [] for name in contenders}
-    started = time.perf_counter()
+    started, look = time.perf_counter(), budget.min_samples
     while pending := [name for name, times in samples.items() if not _enough(len(times), started, budget)]:
         for name in pending:
             # A self-timed sample is a window of its own (a second of load): one per turn, ABAB,
@@ -230,6 +237,10 @@ def time_interleaved(contenders: Mapping[str, Callable[[], Any] | SampleSource],
             chunk = _next_chunk(len(samples[name]), budget, 1 if self_timed else INTERLEAVE_CHUNK)
             with instructions.region(name, chunk * calls[name], counting):
                 samples[name] += sources[name](chunk)
+        if until is not None and min(map(len, samples.values())) >= look:
+            if until(samples):
+                break
+            look += budget.min_samples
     return {
         name: Timed(times=samples[name], clock=clock, overhead=overhead / calls[name],
                     calls_per_sample=calls[name], warmup_calls=warm[name][0], warmup_s=warm[name][1],

@@ -94,3 +94,28 @@ def test_in_process_contenders_get_cpu_time_beside_wall_time() -> None:
         return sum(t.cpu_times) / sum(t.times)
 
     assert share(busy) > 5 * share(idle)  # computing uses CPU for its time, sleeping does not (load-proof)
+
+
+def test_sequential_sampling_stops_at_the_first_settled_look() -> None:
+    """With `until`, every min_samples per contender is a look; the first settled one ends
+    the sampling, and one that never settles runs to max_samples."""
+    from suite.timing import time_interleaved
+
+    def run(count: int) -> list[float]:
+        return [0.1] * count
+
+    def asked(settle_at: int | None) -> tuple[list[dict[str, int]], dict[str, int]]:
+        looks: list[dict[str, int]] = []
+
+        def settled(samples):  # type: ignore[no-untyped-def]
+            looks.append({name: len(times) for name, times in samples.items()})
+            return len(looks) == settle_at
+
+        budget = Budget(warmup_calls=1, warmup_s=0.0, min_samples=5, max_samples=20, max_time_s=1e9)
+        timed = time_interleaved({"a": run, "b": run}, budget, self_timed=True, until=settled)
+        return looks, {name: len(t.times) for name, t in timed.items()}
+
+    looks, taken = asked(settle_at=2)
+    assert looks == [{"a": 5, "b": 5}, {"a": 10, "b": 10}] and taken == {"a": 10, "b": 10}
+    looks, taken = asked(settle_at=None)
+    assert [look["a"] for look in looks] == [5, 10, 15, 20] and taken == {"a": 20, "b": 20}

@@ -39,6 +39,7 @@ TIER = "fp32"
 METRIC_REQUESTS = 200
 LOADGEN_HEADROOM = 2.0  # the generator must be able to issue 2x what it measured
 EXTERNAL_TOLERANCE = 0.10
+AGREEMENT_CONFIDENCE = 0.95  # of the ratio's CI, when it is looked at once
 
 
 def with_adapter(factory: AdapterFactory, work: Callable[[loadgen.Adapter], Awaitable[T]]) -> T:
@@ -174,16 +175,18 @@ def warmup_reported(readiness: dict[str, Any], warmup_calls: float, expected: bo
 
 
 def agrees_with_external(ratio: Metric, tool: str, concurrency: int,
-                         tolerance: float = EXTERNAL_TOLERANCE) -> Check:
+                         tolerance: float = EXTERNAL_TOLERANCE,
+                         confidence: float = AGREEMENT_CONFIDENCE) -> Check:
     """Ours over theirs on the same endpoint and concurrency, from interleaved rounds: the
-    whole 95% CI of the ratio lies within 1 +- tolerance, so a larger disagreement is ruled
-    out rather than merely not seen in one run. A CI that straddles the band's edge is
-    inconclusive (on these hosts the CPU's own speed drifts by ~20% from second to second),
-    not a disagreement."""
+    whole CI of the ratio (at `confidence`, which it was computed at) lies within
+    1 +- tolerance, so a larger disagreement is ruled out rather than merely not seen in one
+    run. A CI that straddles the band's edge is inconclusive (on these hosts the CPU's own
+    speed drifts by ~20% from second to second), not a disagreement."""
     what = ratio.name.rsplit("_over_", 1)[0].removeprefix("ours_")
     return checks.ratio_within(f"loadgen.{what}_agrees_with_{tool}", ratio.value, ratio.ci_low, ratio.ci_high,
                                ratio.n, tolerance, tool,
-                               f"ours / {tool} = {ratio.value:.3f} (95% CI {ratio.ci_low:.3f}-{ratio.ci_high:.3f}, "
+                               f"ours / {tool} = {ratio.value:.3f} ({confidence * 100:.3g}% CI "
+                               f"{ratio.ci_low:.3f}-{ratio.ci_high:.3f}, "
                                f"{ratio.n} interleaved rounds each) at concurrency {concurrency}")
 
 
