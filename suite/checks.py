@@ -81,25 +81,28 @@ def at_most(name: str, observed: float, bound: float, reference: str, detail: st
 
 
 def ratio_within(name: str, value: float, ci_low: float, ci_high: float, n: int, tolerance: float,
-                 reference: str, detail: str = "") -> Check:
+                 reference: str, detail: str = "", *, worse: str | None = None) -> Check:
     """A ratio whose CI must lie within 1 +- tolerance. Passed when it does, failed when
     the whole CI lies outside (a disagreement shown), else inconclusive, with about how many
     more samples would pull the CI off the band's edge it crosses (its arms shrink as
-    1/sqrt(n) around the estimate)."""
-    worst = max(abs(ci_low - 1.0), abs(ci_high - 1.0))
-    shown_apart = ci_low > 1.0 + tolerance or ci_high < 1.0 - tolerance
-    check = Check(name=name, passed=worst <= tolerance, observed=worst, tolerance=tolerance, reference=reference,
-                  detail=detail)
+    1/sqrt(n) around the estimate). `worse` ("low" or "high") makes it one-sided: only
+    that edge of the band counts, a ratio beyond the other one is fine."""
+    edges = [edge for edge, side in ((1.0 - tolerance, "low"), (1.0 + tolerance, "high")) if worse in (None, side)]
+    band_low, band_high = (1.0 - tolerance if worse != "high" else -math.inf), (
+        1.0 + tolerance if worse != "low" else math.inf)
+    worst = max(1.0 - ci_low if worse != "high" else 0.0, ci_high - 1.0 if worse != "low" else 0.0)
+    shown_apart = ci_low > band_high or ci_high < band_low
+    check = Check(name=name, passed=band_low <= ci_low and ci_high <= band_high, observed=worst, tolerance=tolerance,
+                  reference=reference, detail=detail)
     if check.passed or shown_apart:
         return check
     # each CI bound that lies across a band edge from the estimate: its arm / the estimate's distance to that edge
-    edges = (1.0 - tolerance, 1.0 + tolerance)
     spans = [(bound - value) / (edge - value) for bound in (ci_low, ci_high) for edge in edges
              if edge != value and (bound - edge) * (value - edge) < 0]
     more = (f"about {max(1, math.ceil(n * max(spans) ** 2) - n)} more samples would settle it" if spans
             else "the estimate sits on the band's edge")
-    return check.model_copy(update={"inconclusive": True,
-                                    "detail": f"{detail}; the CI straddles +-{tolerance:.0%}: {more}"})
+    band = f"+-{tolerance:.0%}" if worse is None else f"{edges[0]:.2f}"
+    return check.model_copy(update={"inconclusive": True, "detail": f"{detail}; the CI straddles {band}: {more}"})
 
 
 def holds(name: str, condition: bool, reference: str, detail: str = "") -> Check:

@@ -591,8 +591,10 @@ def interleaved_ratio(adapter: HttpJsonAdapter, tool: str, url: str, rounds: int
 
 
 @pytest.mark.slow
-@pytest.mark.breaks("loadgen.<quantity>_agrees_with_<tool>")
-@pytest.mark.parametrize("tool", ["wrk", "hey"])
+@pytest.mark.parametrize("tool", [
+    pytest.param("wrk", marks=pytest.mark.breaks("loadgen.<quantity>_agrees_with_<tool>")),
+    pytest.param("hey", marks=pytest.mark.breaks("loadgen.<quantity>_not_behind_<tool>")),
+])
 def test_external_tool_agreement_catches_a_slow_generator(tiny_server: TinyHttpServer, tool: str) -> None:
     import shutil
 
@@ -623,6 +625,25 @@ def test_agreement_check_reads_the_whole_ci() -> None:
     assert conformance.agrees_with_external(ratio(1.12, 1.2, 1.3), "wrk", 16).failed
     named = conformance.agrees_with_external(ratio(0.95, 1.0, 1.04), "wrk", 16).name
     assert named == "loadgen.throughput_agrees_with_wrk"
+
+
+def test_against_a_slower_tool_only_falling_behind_counts() -> None:
+    """hey is slower itself at c1 (ours 1.23x its throughput): against it, ours ahead is
+    fine and only ours behind fails, for throughput (low is worse) and p50 (high is)."""
+    def ratio(name: str, low: float, value: float, high: float, higher_is_better: bool = True) -> Any:
+        return stats.ratio_of_medians(name, [1.0], [1.0]).model_copy(
+            update={"value": value, "ci_low": low, "ci_high": high, "n": 60, "higher_is_better": higher_is_better})
+
+    ahead = conformance.agrees_with_external(ratio("ours_throughput_over_hey", 1.17, 1.23, 1.26), "hey", 1)
+    assert ahead.passed and ahead.name == "loadgen.throughput_not_behind_hey"
+    assert not conformance.agrees_with_external(ratio("ours_throughput_over_wrk", 1.17, 1.23, 1.26), "wrk", 1).passed
+    assert conformance.agrees_with_external(ratio("ours_throughput_over_hey", 0.70, 0.75, 0.82), "hey", 1).failed
+    edge = conformance.agrees_with_external(ratio("ours_throughput_over_hey", 0.85, 0.95, 1.02), "hey", 1)
+    assert edge.inconclusive and "straddles 0.90" in edge.detail
+    faster = ratio("ours_p50_over_hey", 0.75, 0.80, 0.86, higher_is_better=False)
+    assert conformance.agrees_with_external(faster, "hey", 1).passed
+    slower = ratio("ours_p50_over_hey", 1.15, 1.2, 1.3, higher_is_better=False)
+    assert conformance.agrees_with_external(slower, "hey", 1).failed
 
 
 def ours(adapter: HttpJsonAdapter, concurrency: int = 4) -> loadgen.LoadResult:

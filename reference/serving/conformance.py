@@ -29,6 +29,7 @@ CHECK_IDS = (
     "serving.warmup_ran",
     "serving.no_warmup_when_off",
     "loadgen.<quantity>_agrees_with_<tool>",
+    "loadgen.<quantity>_not_behind_<tool>",
     "loadgen.not_the_bottleneck",
     "inprocess.outputs_match_eager",
 )
@@ -174,20 +175,24 @@ def warmup_reported(readiness: dict[str, Any], warmup_calls: float, expected: bo
                                            f"warm-up model calls {warmup_calls:g}")
 
 
-def agrees_with_external(ratio: Metric, tool: str, concurrency: int,
-                         tolerance: float = EXTERNAL_TOLERANCE,
+def agrees_with_external(ratio: Metric, tool: str, concurrency: int, tolerance: float = EXTERNAL_TOLERANCE,
                          confidence: float = AGREEMENT_CONFIDENCE) -> Check:
     """Ours over theirs on the same endpoint and concurrency, from interleaved rounds: the
     whole CI of the ratio (at `confidence`, which it was computed at) lies within
     1 +- tolerance, so a larger disagreement is ruled out rather than merely not seen in one
-    run. A CI that straddles the band's edge is inconclusive (on these hosts the CPU's own
-    speed drifts by ~20% from second to second), not a disagreement."""
+    run; against a tool that is slower itself (external.BOTH_WAYS), only ours falling
+    behind it counts. A CI that straddles the band's edge is inconclusive (on these hosts
+    the CPU's own speed drifts by ~20% from second to second), not a disagreement."""
+    from reference.serving.external import BOTH_WAYS
+
     what = ratio.name.rsplit("_over_", 1)[0].removeprefix("ours_")
-    return checks.ratio_within(f"loadgen.{what}_agrees_with_{tool}", ratio.value, ratio.ci_low, ratio.ci_high,
-                               ratio.n, tolerance, tool,
+    both_ways = tool in BOTH_WAYS
+    return checks.ratio_within(f"loadgen.{what}_{'agrees_with' if both_ways else 'not_behind'}_{tool}", ratio.value,
+                               ratio.ci_low, ratio.ci_high, ratio.n, tolerance, tool,
                                f"ours / {tool} = {ratio.value:.3f} ({confidence * 100:.3g}% CI "
                                f"{ratio.ci_low:.3f}-{ratio.ci_high:.3f}, "
-                               f"{ratio.n} interleaved rounds each) at concurrency {concurrency}")
+                               f"{ratio.n} interleaved rounds each) at concurrency {concurrency}",
+                               worse=None if both_ways else ("low" if ratio.higher_is_better else "high"))
 
 
 def loadgen_headroom(results: Sequence[loadgen.LoadResult], factor: float = LOADGEN_HEADROOM) -> Check:
