@@ -320,7 +320,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     with console.status("starting") as status_line:
         result = ab(args.base, args.head, args.only, args.profile, budget, args.out,
-                    rounds=args.rounds or (2 if instructions.requested() else 6), where=where, rules=rules,
+                    rounds=(2 if instructions.requested() else 6) if args.rounds is None else args.rounds, where=where, rules=rules,
                     floors=floors, packages=args.packages,
                     on_start=Progress(status_line))
     print(f"records: {result.base_path} {result.head_path}\nverdicts: {result.verdicts_path}")

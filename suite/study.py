@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
             hog = condition == "hog"
             with cpu_hog(hog, 3600):
                 found = decide(clone, "HEAD", head, only, where, args.rounds, config, Path(tmp, "ab"), count)
+            if found["exit"] == 2:  # refused (--rounds 1 on an uncalibrated machine, say): so would every decision be
+                print(f"mlsuite ab refused the study's decision: {found['error'].strip()}", file=sys.stderr)
+                return 2
             decisions.append({"kind": kind, "hog": hog, **found})
             target.write_text(json.dumps({
                 "host": {"cpu": open("/proc/cpuinfo").read().count("processor"), "uname": os.uname().release},

@@ -45,6 +45,7 @@ def test_list_shows_registered_scenarios_as_json() -> None:
     (("run", "--only", "training.*", "--where", "modle=mlp"), "--where modle: no selected scenario has that parameter"),
     (("ab", "HEAD", "no-such-rev-xyz", "--only", "training.baseline"), "is not a commit"),
     (("ab", "HEAD", "HEAD", "--rounds", "1", "--only", "training.baseline"), "--rounds must be at least 2"),
+    (("ab", "HEAD", "HEAD", "--rounds", "0", "--only", "training.baseline"), "--rounds must be at least 2"),
     (("ab", "HEAD", "HEAD", "--rounds", "1", "--count", "instructions", "--only", "training.baseline",
       "--calibration", "no-such-folder"), "calibrated count floors"),
     (("run", "--only", "training.baseline", "--replicates", "0"), "--replicates must be at least 1"),

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from suite.study import FAST_BUDGET, TIME_PLANT, decide, scratch_clone  # noqa: E402
+from suite.study import FAST_BUDGET, TIME_PLANT, decide, main, scratch_clone  # noqa: E402
 
 SELECT = ("training.baseline", ["model=mlp"])
 
@@ -30,3 +30,13 @@ def test_ab_never_cries_wolf_and_never_passes_a_planted_slowdown(tmp_path: Path)
     assert planted["exit"] in (1, 3), planted
     assert planted["verdicts"]["step_time.value"] in ("regressed", "inconclusive"), planted
     assert planted["verdicts"]["cpu_time.value"] in ("regressed", "inconclusive"), planted
+
+
+def test_a_study_whose_decisions_ab_refuses_stops_and_keeps_no_study_file(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Every decision would be the same usage error: the study says so once and writes no
+    study of refusals."""
+    out = tmp_path / "studies"
+    assert main(["--aa", "1", "--planted", "0", "--rounds", "0", "--conditions", "quiet", "--out", str(out)]) == 2
+    assert "--rounds must be at least 2" in capsys.readouterr().err
+    assert not list(out.glob("*.json"))
