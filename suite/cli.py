@@ -319,8 +319,9 @@ def cmd_ab(args: argparse.Namespace) -> int:
     floors = floors_for(args.calibration, fingerprint(budget.seed).machine_id)
     console = Console(stderr=True)
     with console.status("starting") as status_line:
+        default_rounds = 2 if instructions.requested() else 6
         result = ab(args.base, args.head, args.only, args.profile, budget, args.out,
-                    rounds=(2 if instructions.requested() else 6) if args.rounds is None else args.rounds, where=where, rules=rules,
+                    rounds=default_rounds if args.rounds is None else args.rounds, where=where, rules=rules,
                     floors=floors, packages=args.packages,
                     on_start=Progress(status_line))
     print(f"records: {result.base_path} {result.head_path}\nverdicts: {result.verdicts_path}")

@@ -489,3 +489,15 @@ def test_warmup_runs_before_ready_only_when_asked(model_root: Path, warmup: bool
         calls = deployments.counter_total(httpx.get(server.url("/metrics")).text, "mlsuite_warmup_calls_total")
     assert conformance.warmup_reported(ready, calls, expected=warmup).passed
     assert not conformance.warmup_reported(ready, calls, expected=not warmup).passed  # the check can fail
+
+
+def test_what_start_up_made_is_frozen_out_of_the_collector_before_ready(model_root: Path) -> None:
+    """A full collection of torch, the app and the model took ~100 ms: the server freezes
+    them once warm, before it says ready, so no collection scans them under load."""
+    import gc
+
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    with serve(model_root) as server:
+        assert httpx.get(server.url("/readyz")).json()["ready"]
+        assert gc.get_freeze_count() > 10_000  # the threaded server shares this process

@@ -668,3 +668,13 @@ def test_probe_windows_hold_enough_samples_for_a_p99_and_stay_bounded() -> None:
     assert fast.duration_s is not None and 2000.0 * fast.duration_s * fast.max_windows >= loadgen.P99_FLOOR
     slow = loadgen.probe_policy(10.0, base)
     assert slow.duration_s == loadgen.MAX_PROBE_WINDOW_S and slow.max_windows == loadgen.STABILITY_WINDOWS
+
+
+def test_a_load_session_freezes_what_exists_before_the_load() -> None:
+    """The generator's process holds torch and the harness: a full collection of that
+    paused it for ~100 ms, in the latency of every request due meanwhile."""
+    import gc
+
+    gc.unfreeze()
+    with loadgen.LoadSession(lambda: SleepyAdapter(0.001), [0]):
+        assert gc.get_freeze_count() > 1_000
