@@ -310,7 +310,8 @@ def loadgen_agreement(records: list[Record]) -> tuple[Table, list[str]]:
                    Column("generator capacity", "req/s", HIGHER), Column("conformance")],
                   caption="The load generator against wrk and hey: interleaved 1 s rounds on the same endpoint, in "
                           "looks of rounds a side until the checks settle; a ratio's CI (widened for the looks) "
-                          "must lie within 1 ± 10% to agree (a CI across that edge is inconclusive).")
+                          "must lie within 1 ± 10% to agree (a CI across that edge is inconclusive); against a "
+                          "tool slower than ours itself (hey), only ours falling behind it counts.")
     newest: dict[tuple[str, int], Record] = {}
     for r in of_family(records, "serving"):
         tool, concurrency = r.params.get("tool"), r.params.get("concurrency")
