@@ -87,9 +87,9 @@ def ratio_within(name: str, value: float, ci_low: float, ci_high: float, n: int,
     more samples would pull the CI off the band's edge it crosses (its arms shrink as
     1/sqrt(n) around the estimate). `worse` ("low" or "high") makes it one-sided: only
     that edge of the band counts, a ratio beyond the other one is fine."""
-    edges = [edge for edge, side in ((1.0 - tolerance, "low"), (1.0 + tolerance, "high")) if worse in (None, side)]
-    band_low, band_high = (1.0 - tolerance if worse != "high" else -math.inf), (
-        1.0 + tolerance if worse != "low" else math.inf)
+    band_low = 1.0 - tolerance if worse != "high" else -math.inf
+    band_high = 1.0 + tolerance if worse != "low" else math.inf
+    edges = [edge for edge in (band_low, band_high) if math.isfinite(edge)]
     worst = max(1.0 - ci_low if worse != "high" else 0.0, ci_high - 1.0 if worse != "low" else 0.0)
     shown_apart = ci_low > band_high or ci_high < band_low
     check = Check(name=name, passed=band_low <= ci_low and ci_high <= band_high, observed=worst, tolerance=tolerance,

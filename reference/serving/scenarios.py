@@ -569,13 +569,15 @@ class ServeLoadgen(Scenario):
                                              self.generator_cpus)
                 timed = timing.time_interleaved(
                     {"ours": self.ours, p["tool"]: self.theirs}, rounds, self_timed=True,
-                    until=lambda samples: not any(c.inconclusive for c in self._agreement(
-                        ctx, self._ratios(ctx, samples["ours"], samples[p["tool"]]))))
+                    until=lambda samples: not any(c.inconclusive for c in self._agreement(ctx, self._ratios(
+                        ctx, samples["ours"], samples[p["tool"]],
+                        self._medians(samples["ours"], samples[p["tool"]])))))
         finally:
             self.deployment.stop()
             self.subject.cleanup()
         ours_s, theirs_s = timed["ours"].times, timed[p["tool"]].times
-        self.ratios, medians = self._ratios(ctx, ours_s, theirs_s), self._medians(ours_s, theirs_s)
+        medians = self._medians(ours_s, theirs_s)
+        self.ratios = self._ratios(ctx, ours_s, theirs_s, medians)
         self.measured = self.ours.results[timed["ours"].warmup_calls:]  # one result per warm-up call came first
         self.capacity = [r.capacity for r in self.measured]
         kept_ours = self.ours.windows(len(ours_s))
@@ -602,9 +604,10 @@ class ServeLoadgen(Scenario):
         return [(statistics.median(w.latencies), t.p50_s)
                 for w, t in zip(self.ours.windows(len(ours_s)), kept_theirs) if w.latencies]
 
-    def _ratios(self, ctx: RunContext, ours_s: list[float], theirs_s: list[float]) -> list[Metric]:
+    def _ratios(self, ctx: RunContext, ours_s: list[float], theirs_s: list[float],
+                medians: list[tuple[float, float]]) -> list[Metric]:
         """Ours over theirs, round by round, for throughput and median latency."""
-        tool, medians = ctx.params["tool"], self._medians(ours_s, theirs_s)
+        tool = ctx.params["tool"]
         return [stats.paired_ratio(f"ours_throughput_over_{tool}", theirs_s, ours_s, confidence=self.confidence),
                 stats.paired_ratio(f"ours_p50_over_{tool}", [o for o, _ in medians], [t for _, t in medians],
                                    higher_is_better=False, confidence=self.confidence)]
