@@ -24,9 +24,6 @@ ROWS = models.digits_rows(48)
 
 @pytest.fixture(scope="module")
 def model() -> models.DigitsMLP:
-    # Seed 0: its outputs for a row of float32-max inputs overflow on every host seen. Seed 5's
-    # overflowed on the Xeon but stayed finite on an AVX-512 EPYC (the sums' order decides),
-    # and a finite answer to the "extreme inputs, non-finite outputs" case is a correct 200.
     return models.build("tiny", seed=0)
 
 
@@ -52,18 +49,14 @@ def test_batched_callers_get_their_own_results(torchserve: deployments.Deploymen
     assert check.passed, check
 
 
-def test_bad_input_gets_4xx_and_torchserve_keeps_serving(torchserve: deployments.Deployment,
-                                                         model: models.DigitsMLP) -> None:
-    import torch
-
-    with torch.inference_mode():  # the extreme case's premise, on this host
-        assert not torch.isfinite(model(torch.full((1, ROWS.shape[1]), deployments.EXTREME))).all()
+def test_bad_input_gets_4xx_and_torchserve_keeps_serving(torchserve: deployments.Deployment) -> None:
     check = conformance.bad_input_rejected(torchserve.bad_cases, conformance.http_sender(torchserve.auth),
                                            conformance.adapter_probe(torchserve.predict, ROWS[0]))
     print(f"TorchServe bad-input statuses: {check.detail}")
     assert check.passed, check.detail
     assert "oversized payload: 413" in check.detail
-    assert "extreme inputs, non-finite outputs: 400" in check.detail  # the handler checks its outputs
+    # the handler checks its outputs (the case is sent with a row found to overflow this model here)
+    assert f"{deployments.EXTREME_CASE}: 400" in check.detail
     assert "missing token: 400" in check.detail  # TorchServe's answer (users expect 401/403): reported
 
 

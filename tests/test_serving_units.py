@@ -64,6 +64,27 @@ def test_unknown_formats_and_sizes_are_refused(tmp_path: Path, tiny_model: model
         models.build("huge")
 
 
+def test_the_extreme_row_is_one_whose_outputs_overflow_and_none_where_none_do(tmp_path: Path,
+                                                                            tiny_model: models.DigitsMLP) -> None:
+    """The "extreme inputs" bad case is sent only with a row the deployed model cannot answer
+    in numbers: a model whose outputs stay finite (its first layer ignores the inputs) has
+    none, and a 200 from it is right."""
+    import torch
+
+    predictor = models.load_version(models.save_version(tiny_model, tmp_path / "1", "torchscript"))
+    row = deployments.extreme_row(tmp_path / "1", threads=1)
+    assert row is not None and set(np.abs(row)) == {np.float32(deployments.EXTREME)}
+    assert not np.isfinite(predictor(row[None, :])).all()
+
+    blind = models.build("tiny", seed=3)
+    with torch.no_grad():
+        blind.layers[0].weight.zero_()
+    models.save_version(blind, tmp_path / "2", "torchscript")
+    assert deployments.extreme_row(tmp_path / "2", threads=1) is None
+    cases = deployments.common_bad_cases("http://127.0.0.1:1/predict", models.IN_FEATURES, None)
+    assert deployments.EXTREME_CASE not in {case.name for case in cases}
+
+
 THREAD_CALL = """
 import os, sys, threading
 from pathlib import Path

@@ -129,6 +129,21 @@ def load_version(version_dir: Path, threads: int = 1) -> Predictor:
     return Predictor(run=run, in_features=int(meta["in_features"]), fmt=fmt)
 
 
+def overflowing_row(predictor: Predictor, magnitude: float, tries: int = 32, seed: int = 0) -> np.ndarray | None:
+    """A row of +-`magnitude` whose outputs are not all finite on this host, or None where no
+    sign pattern tried gives one. Whether they overflow depends on the weights and on the
+    order of the sums (tiny seed 5's stayed finite for all +max on an AVX-512 EPYC and not
+    on a Xeon), so a bad case that needs non-finite outputs is built from the deployed model
+    with the code path the servers run, instead of being assumed."""
+    signs = [np.ones(predictor.in_features), -np.ones(predictor.in_features)]
+    signs += list(np.random.default_rng(seed).choice([-1.0, 1.0], size=(tries, predictor.in_features)))
+    for pattern in signs:
+        row = (pattern * magnitude).astype(np.float32)
+        if not np.isfinite(predictor(row[None, :])).all():
+            return row
+    return None
+
+
 def golden(model: DigitsMLP, rows: np.ndarray) -> np.ndarray:
     """The eager model in fp64: the truth served outputs are compared against."""
     import copy
