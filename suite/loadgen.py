@@ -586,46 +586,95 @@ def probe_policy(rate: float, policy: WindowPolicy) -> WindowPolicy:
 
 @dataclass
 class GoodputSearch:
-    goodput: float  # req/s: the highest offered rate found to meet the SLO (0: none)
-    probes: list[LoadResult]
+    """Bisection on the offered rate between 0 and `high` (e.g. 1.2 x the closed-loop peak),
+    each probe an open loop judged by `meets_slo`, as a state machine (`next_rate`, `record`)
+    so that several servers' searches can take turns probe by probe and share the same
+    minutes (`search_interleaved`). A rate of `high` that already meets the SLO ends it there;
+    otherwise it stops when the bracket is within `rel_tolerance` of its top or after
+    `max_probes`.
+
+    A middle rate that fails is probed once more before the bracket comes down to it: noise
+    on a shared host only ever adds latency (a burst from another process, a collection), and
+    one such burst in a probe of a few seconds would otherwise cut the answer by half a
+    bracket for the rest of the search. A rate fails when two probes in a row fail; both are
+    on the curve."""
+
+    high: float
     slo_p99_s: float
+    rel_tolerance: float = 0.05
+    max_probes: int = 10
+    max_error_fraction: float = 0.01
+    low: float = 0.0
+    probes: list[LoadResult] = field(default_factory=list)
+    repeat_due: bool = False  # the last probe was a middle rate's first failure
+
+    def __post_init__(self) -> None:
+        if self.high <= 0:
+            raise ValueError(f"the search needs a positive upper rate, got {self.high}")
+
+    @property
+    def goodput(self) -> float:
+        """req/s: the highest offered rate found to meet the SLO (0: none)."""
+        return self.low
+
+    def next_rate(self) -> float | None:
+        """The rate to probe next, or None when the search is over."""
+        if len(self.probes) >= self.max_probes:
+            return None
+        if not self.probes:
+            return self.high
+        if self.repeat_due:
+            return self.probes[-1].level
+        if self.high - self.low <= self.rel_tolerance * self.high:
+            return None
+        return (self.low + self.high) / 2
+
+    def record(self, result: LoadResult) -> None:
+        """Take the probe of the rate `next_rate` gave."""
+        first_failure = not self.repeat_due and result.level < self.high
+        self.probes.append(result)
+        self.repeat_due = False
+        if meets_slo(result, self.slo_p99_s, self.max_error_fraction):
+            self.low = result.level
+        elif first_failure:
+            self.repeat_due = True
+        else:
+            self.high = result.level
 
     def curve(self) -> list[dict[str, float]]:
-        """The latency-throughput points, by offered rate, for plotting and export."""
-        return [{"offered": r.level, "throughput": r.throughput, "p50_s": _pct(r, 50), "p99_s": r.p99,
-                 "errors": float(sum(r.errors.values())), "meets_slo": float(meets_slo(r, self.slo_p99_s))}
-                for r in sorted(self.probes, key=lambda r: r.level)]
+        """The latency-throughput points, by offered rate, for plotting and export; `repeat`
+        marks a rate's second probe."""
+        seen: set[float] = set()
+        points = []
+        for r in self.probes:
+            points.append({"offered": r.level, "throughput": r.throughput, "p50_s": _pct(r, 50), "p99_s": r.p99,
+                           "errors": float(sum(r.errors.values())),
+                           "meets_slo": float(meets_slo(r, self.slo_p99_s, self.max_error_fraction)),
+                           "repeat": float(r.level in seen)})
+            seen.add(r.level)
+        return sorted(points, key=lambda point: (point["offered"], point["repeat"]))
 
 
 def _pct(result: LoadResult, q: float) -> float:
     return float(np.percentile(result.latencies, q)) if result.latencies else math.inf
 
 
-def search_goodput(probe: Callable[[float], LoadResult], high: float, slo_p99_s: float, *,
-                   rel_tolerance: float = 0.05, max_probes: int = 7,
-                   max_error_fraction: float = 0.01) -> GoodputSearch:
-    """Bisection on the offered rate between 0 and `high` (e.g. 1.2 x the closed-loop
-    peak): each probe runs an open loop at a rate and is judged by `meets_slo`; stops when
-    the bracket is within `rel_tolerance` of its top or after `max_probes`. A rate of
-    `high` that already meets the SLO ends the search there."""
-    if high <= 0:
-        raise ValueError(f"the search needs a positive upper rate, got {high}")
-    probes: list[LoadResult] = []
+def search_goodput(probe: Callable[[float], LoadResult], high: float, slo_p99_s: float,
+                   **settings: Any) -> GoodputSearch:
+    """One server's goodput search (GoodputSearch) with `probe(rate)` running the open loop."""
+    return search_interleaved({"": probe}, {"": high}, slo_p99_s, **settings)[""]
 
-    def passes(rate: float) -> bool:
-        probes.append(probe(rate))
-        return meets_slo(probes[-1], slo_p99_s, max_error_fraction)
 
-    low = 0.0
-    if passes(high):
-        return GoodputSearch(high, probes, slo_p99_s)
-    while len(probes) < max_probes and high - low > rel_tolerance * high:
-        middle = (low + high) / 2
-        if passes(middle):
-            low = middle
-        else:
-            high = middle
-    return GoodputSearch(low, probes, slo_p99_s)
+def search_interleaved(probes: dict[str, Callable[[float], LoadResult]], highs: dict[str, float],
+                       slo_p99_s: float, **settings: Any) -> dict[str, GoodputSearch]:
+    """Several servers' goodput searches taking turns, one probe each per round, so a host
+    that speeds up or slows down over the minutes of a search moves them all alike."""
+    searches = {name: GoodputSearch(highs[name], slo_p99_s, **settings) for name in probes}
+    while pending := [(name, rate) for name, search in searches.items()
+                      if (rate := search.next_rate()) is not None]:
+        for name, rate in pending:
+            searches[name].record(probes[name](rate))
+    return searches
 
 
 def knee(throughput: Sequence[float], latency: Sequence[float]) -> int | None:

@@ -269,10 +269,42 @@ def test_goodput_search_finds_the_highest_rate_meeting_the_slo() -> None:
     """p99 = 4.6 ms / (1 - rate/1000) meets 50 ms up to rate ~908: bisection lands within 5%."""
     search = loadgen.search_goodput(queueing_server(1000.0), high=1200.0, slo_p99_s=0.05)
     assert 0.95 * 908 <= search.goodput <= 908
-    assert len(search.probes) <= 8
+    assert len(search.probes) <= 10
     curve = search.curve()
     assert [p["offered"] for p in curve] == sorted(p["offered"] for p in curve)
     assert any(p["meets_slo"] for p in curve) and not all(p["meets_slo"] for p in curve)
+    failed_twice = [p["offered"] for p in curve if not p["meets_slo"] and p["repeat"]]
+    assert failed_twice and all(rate > 908 for rate in failed_twice)  # a rate fails on two probes in a row
+
+
+def test_one_noisy_probe_does_not_cut_the_goodput() -> None:
+    """A burst from another process spoils the first probe of some rate the server can take:
+    the search probes that rate again instead of bringing its bracket down to it."""
+    server, spoiled = queueing_server(1000.0), []
+
+    def noisy(rate: float) -> loadgen.LoadResult:
+        if rate < 908 and not spoiled:
+            spoiled.append(rate)
+            return result_at(rate, p99=0.2)
+        return server(rate)
+
+    search = loadgen.search_goodput(noisy, high=1200.0, slo_p99_s=0.05)
+    assert spoiled and 0.95 * 908 <= search.goodput <= 908
+    assert [r.level for r in search.probes].count(spoiled[0]) == 2
+
+
+def test_interleaved_searches_take_turns_and_each_finds_its_own_goodput() -> None:
+    order: list[str] = []
+
+    def probe(name: str, capacity: float) -> Any:
+        server = queueing_server(capacity)
+        return lambda rate: order.append(name) or server(rate)
+
+    searches = loadgen.search_interleaved({"fast": probe("fast", 2000.0), "slow": probe("slow", 1000.0)},
+                                          {"fast": 2400.0, "slow": 1200.0}, slo_p99_s=0.05)
+    assert 0.95 * 1816 <= searches["fast"].goodput <= 1816 and 0.95 * 908 <= searches["slow"].goodput <= 908
+    turns = min(order.count("fast"), order.count("slow"))
+    assert order[:2 * turns] == ["fast", "slow"] * turns
 
 
 def test_goodput_search_stops_at_a_rate_that_already_meets_the_slo_and_refuses_nonsense() -> None:

@@ -179,12 +179,11 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def goodput_search(session: Any, high: float, slo_s: float, policy: Any, seed: int) -> Any:
-    """Bisection on the open-loop rate (suite.loadgen.search_goodput) for one server."""
+def goodput_probe(session: Any, policy: Any, seed: int) -> Any:
+    """One probe of the goodput search (suite.loadgen.GoodputSearch): an open loop at a rate."""
     from suite import loadgen
 
-    return loadgen.search_goodput(lambda rate: session.open(rate, loadgen.probe_policy(rate, policy), seed=seed),
-                                  high, slo_s)
+    return lambda rate: session.open(rate, loadgen.probe_policy(rate, policy), seed=seed)
 
 
 def goodput_metrics(search: Any, prefix: str = "") -> tuple[list[Metric], dict[str, Any]]:
@@ -282,8 +281,8 @@ class ServerScenario(Scenario):
                 timed = timing.time_interleaved(
                     {"raw": raw_source(predictor, self.options.max_batch_size), "served": served}, ctx.budget,
                     self_timed=True)
-                self.search = goodput_search(session, SEARCH_HEADROOM * peak.throughput, p["slo_ms"] / 1000.0,
-                                             policy, ctx.seed)
+                self.search = loadgen.search_goodput(goodput_probe(session, policy, ctx.seed),
+                                                     SEARCH_HEADROOM * peak.throughput, p["slo_ms"] / 1000.0)
         finally:
             torch.set_num_threads(held)
         found = [*self.cold]
@@ -376,11 +375,12 @@ class ServeSideBySide(Scenario):
     """Every server of `deployments.STARTERS` at once, same model, same cores, same load:
     their closed-loop windows and the raw in-process limit interleaved in one session
     (suite.timing.time_interleaved), so throughput ratios between servers come with a CI
-    measured in the same minutes; then goodput by search for each. Two models: `large`
-    (~0.11 ms of compute per row, about what a Python server's HTTP path costs per request)
-    and `xlarge` (~4x that, compute-bound), since serving efficiency says little about a
-    server unless the model's share of the request is known. Each server is first warmed
-    up until its throughput stops rising (TorchServe's JVM takes ~20 s)."""
+    measured in the same minutes; then goodput by search for each, the searches taking turns
+    probe by probe. Two models: `large` (~0.11 ms of compute per row, about what a Python
+    server's HTTP path costs per request) and `xlarge` (~4x that, compute-bound), since
+    serving efficiency says little about a server unless the model's share of the request is
+    known. Each server is first warmed up until its throughput stops rising (TorchServe's JVM
+    takes ~20 s)."""
     not_counted = NOT_COUNTED
     cpus = GENERATOR_AND_SERVER
 
@@ -424,8 +424,10 @@ class ServeSideBySide(Scenario):
                 timed = timing.time_interleaved({**sources, "raw": raw_source(predictor, self.options.max_batch_size)},
                                                 ctx.budget, self_timed=True)
                 policy = window_policy(ctx.budget)
-                self.searches = {name: goodput_search(sessions[name], SEARCH_HEADROOM / statistics.median(
-                    timed[name].times), p["slo_ms"] / 1000.0, policy, ctx.seed) for name in sessions}
+                self.searches = loadgen.search_interleaved(
+                    {name: goodput_probe(session, policy, ctx.seed) for name, session in sessions.items()},
+                    {name: SEARCH_HEADROOM / statistics.median(timed[name].times) for name in sessions},
+                    p["slo_ms"] / 1000.0)
         finally:
             torch.set_num_threads(held)
         found: list[Metric] = [stats.throughput("raw_throughput", "samples/s", 1, timed["raw"].times)]
