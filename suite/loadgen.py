@@ -584,13 +584,17 @@ def probe_policy(rate: float, policy: WindowPolicy) -> WindowPolicy:
                         max_windows=STABILITY_WINDOWS, warmup_s=policy.warmup_s, tolerance=policy.tolerance)
 
 
+TOP_GROWTH = 1.5
+
+
 @dataclass
 class GoodputSearch:
     """Bisection on the offered rate between 0 and `high` (e.g. 1.2 x the closed-loop peak),
     each probe an open loop judged by `meets_slo`, as a state machine (`next_rate`, `record`)
     so that several servers' searches can take turns probe by probe and share the same
-    minutes (`search_interleaved`). A rate of `high` that already meets the SLO ends it there;
-    otherwise it stops when the bracket is within `rel_tolerance` of its top or after
+    minutes (`search_interleaved`). A top that meets the SLO raises the top by TOP_GROWTH (a
+    closed loop of a few callers can leave a batching server's capacity unseen); once a top
+    fails, it stops when the bracket is within `rel_tolerance` of its top or after
     `max_probes`.
 
     A middle rate that fails is probed once more before the bracket comes down to it: noise
@@ -606,6 +610,7 @@ class GoodputSearch:
     max_error_fraction: float = 0.01
     low: float = 0.0
     probes: list[LoadResult] = field(default_factory=list)
+    capped: bool = False  # a top has failed: the answer lies below `high`
     repeat_due: bool = False  # the last probe was a middle rate's first failure
 
     def __post_init__(self) -> None:
@@ -621,25 +626,28 @@ class GoodputSearch:
         """The rate to probe next, or None when the search is over."""
         if len(self.probes) >= self.max_probes:
             return None
-        if not self.probes:
-            return self.high
         if self.repeat_due:
             return self.probes[-1].level
+        if not self.capped:
+            return self.high
         if self.high - self.low <= self.rel_tolerance * self.high:
             return None
         return (self.low + self.high) / 2
 
     def record(self, result: LoadResult) -> None:
         """Take the probe of the rate `next_rate` gave."""
-        first_failure = not self.repeat_due and result.level < self.high
+        at_top = result.level >= self.high
+        first_failure = not self.repeat_due and not at_top
         self.probes.append(result)
         self.repeat_due = False
         if meets_slo(result, self.slo_p99_s, self.max_error_fraction):
             self.low = result.level
+            if at_top:
+                self.high = TOP_GROWTH * result.level
         elif first_failure:
             self.repeat_due = True
         else:
-            self.high = result.level
+            self.high, self.capped = result.level, True
 
     def curve(self) -> list[dict[str, float]]:
         """The latency-throughput points, by offered rate, for plotting and export; `repeat`
