@@ -8,6 +8,7 @@ import asyncio
 import io
 import pickle
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -292,6 +293,36 @@ def test_full_queue_sheds_and_close_drains() -> None:
     assert "queue full" in str(shed[0])
     assert isinstance(after, Draining)
     assert pending == 0
+
+
+def test_a_request_that_waited_out_the_delay_behind_a_batch_starts_the_next_at_once() -> None:
+    """The queue delay counts from a request's arrival (as Triton's does): one that arrived
+    while a batch ran, and has waited longer than the delay by the time it ends, is not held
+    for company again. Held from when it was dequeued, every batch under open-loop load
+    would leave the model idle for the whole delay."""
+    delay_s, model_s = 0.3, 0.45
+    started = threading.Event()
+    runs: list[tuple[float, float]] = []
+
+    def slow(rows: np.ndarray) -> np.ndarray:
+        begin = time.monotonic()
+        started.set()
+        time.sleep(model_s)
+        runs.append((begin, time.monotonic()))
+        return doubling(rows)
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(slow, max_batch_size=8, max_queue_delay_s=delay_s, max_pending=10)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(np.ones((1, 4), np.float32)))
+        while not started.is_set():
+            await asyncio.sleep(0.005)
+        await asyncio.gather(first, batcher.submit(np.ones((1, 4), np.float32)))
+        await batcher.close()
+
+    asyncio.run(scenario())
+    (_, first_end), (second_start, _) = runs
+    assert second_start - first_end < delay_s / 2  # dispatched at once, not after another delay
 
 
 @pytest.mark.parametrize("max_batch_size", [1, 8])  # in the loop's thread, and in the batcher's

@@ -1,7 +1,9 @@
 """Dynamic batching: concurrent requests are queued and run as one model call.
 
 A batch starts with the oldest queued request and takes more until it holds
-`max_batch_size` rows or `max_queue_delay_s` has passed since that request was dequeued.
+`max_batch_size` rows or `max_queue_delay_s` has passed since that request arrived (as
+Triton's dynamic batcher counts it): a request that already waited that long behind a
+running batch does not wait again for company.
 Each caller gets back exactly its own rows, in order. Admission is bounded: past
 `max_pending` requests (queued or running) a new one is refused with `QueueFull` at once,
 so a server sheds load (503) instead of letting latency grow without bound. `close()`
@@ -31,6 +33,7 @@ class Draining(Exception):
 @dataclass
 class _Pending:
     rows: np.ndarray
+    arrived: float  # the event loop's clock at submit
     result: asyncio.Future[np.ndarray] = field(repr=False)
 
 
@@ -81,7 +84,8 @@ class DynamicBatcher:
             raise Draining("server is shutting down")
         if self.pending >= self.max_pending:
             raise QueueFull(f"queue full ({self.max_pending} requests pending)")
-        item = _Pending(rows, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        item = _Pending(rows, loop.time(), loop.create_future())
         self.pending += 1  # until the batch holding it has run, even if the caller goes away
         item.result.add_done_callback(self._release)
         self._queue.put_nowait(item)
@@ -112,10 +116,10 @@ class DynamicBatcher:
     async def _collect(self, first: _Pending) -> tuple[list[_Pending], bool]:
         """Requests for one batch, and whether the stop marker came after them. Takes what
         is queued, then waits (one timer per batch, not per request) for more until the
-        batch is full or the delay has passed."""
+        batch is full or the first request's delay has passed."""
         loop = asyncio.get_running_loop()
         batch, rows = [first], len(first.rows)
-        deadline = loop.time() + self.max_queue_delay_s
+        deadline = first.arrived + self.max_queue_delay_s
         while True:
             while rows < self.max_batch_size and not self._queue.empty():
                 item = self._queue.get_nowait()
