@@ -280,7 +280,8 @@ def side_by_side(records: list[Record]) -> tuple[Table, list[str]]:
                    Column("fastapi ÷ this server", "throughput ratio", HIGHER), Column("conformance")],
                   caption="Side by side: every server under the same closed-loop load, their windows and the "
                           "in-process limit interleaved in the same minutes; ratios are medians of per-window "
-                          "ratios with a bootstrap CI.")
+                          "ratios with a bootstrap CI. Goodput is one open-loop search per server (no CI), the "
+                          "searches taking turns probe by probe; a rate fails on two probes in a row.")
     answers = []
     for r in of_family(records, "serving"):
         if r.scenario != "serving.side_by_side":

@@ -3,6 +3,7 @@ outcomes, and the arithmetic cannot lie (zeros, signs, NaN, lost scenarios)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -220,3 +221,16 @@ def test_instruction_counts_from_oversubscribed_runs_still_count() -> None:
 def test_a_scenario_broken_on_both_sides_is_listed_not_passed_silently() -> None:
     result = gate([record(runs_of(0.01, 1), status=Status.error)], [record(runs_of(0.01, 2), status=Status.error)])
     assert any("still errors" in line for line in result.known_failures)
+
+
+def test_the_verdicts_file_of_an_identical_pair_is_strict_json() -> None:
+    """Identical values have no effect to measure: their threshold and CI are NaN, which
+    `mlsuite ab` writes as null, so jq and other strict parsers can read the file."""
+    from suite import ab
+
+    same = record(runs_of(0.010, seed=1))
+    result = gate([same], [same])
+    assert any(math.isnan(c.threshold) for c in result.comparisons)  # the premise
+    text = json.dumps(ab.verdict_summary(result, [same], [same], rounds=1), default=str, allow_nan=False)
+    (row, *_) = json.loads(text)["comparisons"]
+    assert row["threshold"] is None and row["change_ci"] == [None, None] and row["verdict"] == "pass"
