@@ -10,7 +10,6 @@ round, so slow drift of the host cancels out.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import subprocess
 import tempfile
@@ -192,24 +191,13 @@ def ab(base_rev: str, head_rev: str, pattern: str, profile: str, budget: Budget,
     return AbResult(result, sides[0].path, sides[1].path, verdicts)
 
 
-def _json_number(value: object) -> object:
-    """NaN and infinities as null (CI scripts read this file with strict JSON parsers, jq
-    among them, and an identical pair's undefined threshold is NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, tuple | list):
-        return [_json_number(item) for item in value]
-    return value
-
-
 def verdict_summary(result: GateResult, base: list[Record], head: list[Record], rounds: int) -> dict:
     """The verdicts file of `mlsuite ab`: strict JSON, non-finite numbers as null."""
     return {
         "base": base[0].git.commit, "head": head[0].git.commit, "rounds": rounds,
         "machine_id": head[0].env.machine_id, "passed": result.passed,
         "failures": result.failures,
-        "comparisons": [{**{key: _json_number(value) for key, value in row.__dict__.items()},
-                         "verdict": row.verdict.value} for row in result.comparisons],
+        "comparisons": [row.to_json() for row in result.comparisons],
         "oversubscribed_runs": sum(run.oversubscribed for r in [*base, *head] for run in r.runs),
         "load_before": [run.load_before for r in head for run in r.runs],
     }

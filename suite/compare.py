@@ -26,8 +26,9 @@ import fnmatch
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
@@ -210,6 +211,24 @@ class Comparison:
     @property
     def regressed(self) -> bool:
         return self.verdict is Verdict.regressed
+
+    def to_json(self) -> dict[str, object]:
+        """Strict JSON: an undefined number (an identical pair's threshold and CI are NaN) is
+        null, since CI scripts read `mlsuite ab`'s verdicts with jq and other strict parsers."""
+        return {**{name: _null_if_nan(value) for name, value in self.__dict__.items()},
+                "change_ci": [_null_if_nan(end) for end in self.change_ci], "verdict": self.verdict.value}
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> Comparison:
+        """Back from `to_json`: null in a float field is NaN again."""
+        floats = {f.name for f in fields(cls) if f.type == "float"}
+        return cls(**{**row, **{name: math.nan if row[name] is None else row[name] for name in floats},
+                      "change_ci": tuple(math.nan if end is None else end for end in row["change_ci"]),
+                      "verdict": Verdict(row["verdict"])})
+
+
+def _null_if_nan(value: object) -> object:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _threshold(rule: RegressionCheck, effect: Effect, base_value: float, cur_value: float,

@@ -135,8 +135,7 @@ def _ab_section(results_dir: Path, section: Section) -> None:
         data = json.loads(read_text(files[-1]))
     except json.JSONDecodeError as exc:
         raise SuiteError(f"{files[-1]}: not valid JSON ({exc.msg})") from None
-    rows = [Comparison(**{**row, "verdict": Verdict(row["verdict"]), "change_ci": tuple(row["change_ci"])})
-            for row in data.get("comparisons", [])]
+    rows = [Comparison.from_json(row) for row in data.get("comparisons", [])]
     section.answers.append(f"A/B {data.get('base', '?')[:8]} → {data.get('head', '?')[:8]} "
                            f"({data.get('rounds', '?')} rounds, machine {str(data.get('machine_id', '?'))[:8]}): "
                            f"{_counts(rows)}; {data.get('oversubscribed_runs', 0)} oversubscribed run(s).")

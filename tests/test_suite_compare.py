@@ -225,12 +225,17 @@ def test_a_scenario_broken_on_both_sides_is_listed_not_passed_silently() -> None
 
 def test_the_verdicts_file_of_an_identical_pair_is_strict_json() -> None:
     """Identical values have no effect to measure: their threshold and CI are NaN, which
-    `mlsuite ab` writes as null, so jq and other strict parsers can read the file."""
+    `mlsuite ab` writes as null, so jq and other strict parsers can read the file; the
+    report reads them back as NaN."""
     from suite import ab
+    from suite.compare import Comparison
 
     same = record(runs_of(0.010, seed=1))
     result = gate([same], [same])
     assert any(math.isnan(c.threshold) for c in result.comparisons)  # the premise
     text = json.dumps(ab.verdict_summary(result, [same], [same], rounds=1), default=str, allow_nan=False)
-    (row, *_) = json.loads(text)["comparisons"]
-    assert row["threshold"] is None and row["change_ci"] == [None, None] and row["verdict"] == "pass"
+    rows = json.loads(text)["comparisons"]
+    assert rows[0]["threshold"] is None and rows[0]["change_ci"] == [None, None] and rows[0]["verdict"] == "pass"
+    back = Comparison.from_json(rows[0])
+    assert math.isnan(back.threshold) and math.isnan(back.change_ci[0]) and back.verdict is Verdict.passed
+    assert back.ratio == result.comparisons[0].ratio and back.p_value is None
