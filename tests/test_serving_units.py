@@ -300,7 +300,7 @@ def test_a_request_that_waited_out_the_delay_behind_a_batch_starts_the_next_at_o
     while a batch ran, and has waited longer than the delay by the time it ends, is not held
     for company again. Held from when it was dequeued, every batch under open-loop load
     would leave the model idle for the whole delay."""
-    delay_s, model_s = 0.3, 0.45
+    delay_s, model_s = 1.0, 1.1  # long enough that a busy CI host cannot blur a whole delay
     started = threading.Event()
     runs: list[tuple[float, float]] = []
 
